@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Installs everything emshap-ci needs to build, run and test, idempotently, caching outside
+# the clone (in $EMSHAP_CI_CACHE, default ${XDG_CACHE_HOME:-~/.cache}/emshap-ci, one folder
+# per pinned version), and writes "$EMSHAP_CI_CACHE/env.sh" for the other scripts to source.
+#
+#   scripts/setup.sh            native libraries (libtorch, ONNX Runtime) and the Python tools
+#   scripts/setup.sh --test     also the test servers (the Tansu Kafka broker)
+#
+# What it installs, and why from where:
+# - libtorch for tch 0.26 = the PyPI torch==2.13.0 wheel. Its libtorch_cpu.so needs only
+#   libcudart and libcupti (checked with ldd), so the CPU build gets a folder of symlinks
+#   holding the CPU libraries, those two CUDA wheels' libraries and a stub libtorch.so
+#   (the wheel's own libtorch.so pulls in libtorch_cuda.so and the multi-GB CUDA stack).
+# - ONNX Runtime = the onnxruntime==1.31.1 wheel's libonnxruntime.so, loaded by ort's
+#   `load-dynamic`; its path is compiled into the binary (build.rs), ORT_DYLIB_PATH overrides.
+# - Python (a venv): confluent-kafka and protobuf for the independent test producer, onnx.
+# - Tansu, the Kafka-compatible broker the tests start, from crates.io (pinned).
+set -euo pipefail
+
+TORCH_VERSION=2.13.0
+CUDA_RUNTIME="nvidia-cuda-runtime==13.0.96.*"
+CUDA_CUPTI="nvidia-cuda-cupti==13.0.85.*"
+ORT_VERSION=1.31.1
+TANSU_VERSION=0.6.0
+PY_TOOLS=(confluent-kafka==2.16.1 grpcio-tools==1.85.1 onnx==1.23.2)
+
+with_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_test=1 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+cache=${EMSHAP_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/emshap-ci}
+mkdir -p "$cache"
+say() { echo "setup: $*" >&2; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  say "installing Debian package $2 (for $1)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
+  else
+    sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
+  fi
+}
+need python3 python3
+need cc gcc
+need make make
+need perl perl   # librdkafka's configure
+
+# --- Python venv with the native-library wheels and the test tools -----------------------
+py_key="py311-torch${TORCH_VERSION}-ort${ORT_VERSION}-v2"
+venv="$cache/$py_key"
+if [ ! -f "$venv/.complete" ]; then
+  say "creating $venv (downloads ~700 MB once)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+  # --no-deps: only the wheel's libraries are used, not its CUDA Python stack.
+  "${pip[@]}" "onnxruntime==$ORT_VERSION" "${PY_TOOLS[@]}" >&2
+  "${pip[@]}" --no-deps "torch==$TORCH_VERSION" "$CUDA_RUNTIME" "$CUDA_CUPTI" >&2
+  touch "$venv/.complete"
+fi
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+wheel_lib="$site/torch/lib"
+cuda_lib="$site/nvidia/cu13/lib"
+ort_lib="$site/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
+for f in "$wheel_lib/libtorch_cpu.so" "$cuda_lib/libcudart.so.13" "$ort_lib"; do
+  [ -e "$f" ] || { say "expected $f after installing the wheels; delete $venv and re-run"; exit 1; }
+done
+
+# --- CPU libtorch: the wheel's CPU libraries, without libtorch_cuda --------------------
+libtorch="$cache/libtorch-$TORCH_VERSION-cpu"
+if [ ! -f "$libtorch/.complete" ]; then
+  say "assembling CPU libtorch in $libtorch"
+  rm -rf "$libtorch"
+  mkdir -p "$libtorch/lib"
+  ln -s "$site/torch/include" "$libtorch/include"
+  ln -s "$site/torch/share" "$libtorch/share"
+  for lib in libc10.so libtorch_cpu.so libgomp.so.1 libshm.so libtorch_global_deps.so; do
+    [ -e "$wheel_lib/$lib" ] && ln -s "$wheel_lib/$lib" "$libtorch/lib/$lib"
+  done
+  for lib in libcudart.so.13 libcupti.so.13; do
+    ln -s "$cuda_lib/$lib" "$libtorch/lib/$lib"
+  done
+  # The official CPU libtorch's libtorch.so is likewise a thin library over libtorch_cpu.so.
+  echo 'void emshap_ci_libtorch_cpu_stub(void) {}' >"$libtorch/stub.c"
+  cc -shared -fPIC -o "$libtorch/lib/libtorch.so" "$libtorch/stub.c" \
+    -Wl,--no-as-needed -L"$libtorch/lib" -ltorch_cpu -Wl,-rpath,'$ORIGIN'
+  if ldd "$libtorch/lib/libtorch_cpu.so" | grep -q 'not found'; then
+    ldd "$libtorch/lib/libtorch_cpu.so" | grep 'not found' >&2
+    say "libtorch_cpu.so has unresolved libraries (above)"; exit 1
+  fi
+  touch "$libtorch/.complete"
+fi
+
+# --- Tansu (test broker) -------------------------------------------------------------
+tansu="$cache/tansu-$TANSU_VERSION/bin/tansu"
+if [ "$with_test" = 1 ] && [ ! -x "$tansu" ]; then
+  say "building tansu $TANSU_VERSION from crates.io (once; several minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
+    --root "$cache/tansu-$TANSU_VERSION" --target-dir "$cache/tansu-build" >&2
+  rm -rf "$cache/tansu-build"
+fi
+
+# --- env file --------------------------------------------------------------------------
+env_file="$cache/env.sh"
+tmp=$(mktemp "$cache/env.sh.XXXXXX")
+cat >"$tmp" <<EOF
+# written by scripts/setup.sh; source it before cargo commands
+export EMSHAP_CI_CACHE="$cache"
+export LIBTORCH="$libtorch"
+export LIBTORCH_CXX11_ABI=1
+export ORT_DYLIB_PATH="$ort_lib"
+export EMSHAP_CI_PYTHON="$venv/bin/python"
+export EMSHAP_CI_TANSU="$tansu"
+EOF
+mv "$tmp" "$env_file"
+echo "$env_file"

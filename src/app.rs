@@ -1,0 +1,85 @@
+//! Runs a parsed command line: loads the config, resolves settings, calls the stage, and
+//! returns what to print. Knows nothing about exit codes or stdout; `main` does.
+
+use serde_json::json;
+
+use crate::cli::{Cli, Command};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::settings::{self, ConfigFile, GenerateTarget};
+
+/// What a command has to say: text for people, JSON for `--output json`.
+pub struct Outcome {
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+pub fn run(cli: &Cli) -> Result<Outcome> {
+    let config = ConfigFile::load(cli.global.config.as_deref())?;
+    let quiet = cli.global.quiet > 0;
+    match &cli.command {
+        Command::Generate(args) => {
+            let s = settings::resolve_generate(args, &config)?;
+            let report = match &s.target {
+                GenerateTarget::File(path) => crate::generate::write_file(&s.spec, path)?,
+                GenerateTarget::Kafka {
+                    kafka,
+                    topic,
+                    partitions,
+                } => crate::generate::produce(&s.spec, kafka, topic, *partitions)?,
+            };
+            let bad: Vec<String> = report.bad.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let text = format!(
+                "generated {} records ({} bytes) to {} in {:.2} s{}",
+                report.records,
+                report.bytes,
+                report.target,
+                report.seconds,
+                if bad.is_empty() {
+                    String::new()
+                } else {
+                    format!("; bad: {}", bad.join(", "))
+                }
+            );
+            Ok(Outcome {
+                text,
+                json: json!({"command": "generate", "ok": true, "report": report}),
+            })
+        }
+        Command::Pull(args) => {
+            let s = settings::resolve_pull(args, &config)?;
+            let progress = Progress::new("pull", quiet);
+            let report = crate::pull::pull(&s, &progress)?;
+            let bad: Vec<String> = report
+                .invalid
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let text = format!(
+                "pulled {} messages from {} in {:.2} s ({:.0} msg/s): {} rows, {} duplicates, {} invalid ({:.3} %{}{})\nsnapshot {} sha256 {}",
+                report.messages,
+                report.source,
+                report.seconds,
+                report.messages_per_s,
+                report.rows,
+                report.duplicates,
+                report.invalid.values().sum::<u64>(),
+                report.invalid_ratio * 100.0,
+                if bad.is_empty() { "" } else { ": " },
+                bad.join(", "),
+                report.out.display(),
+                report.snapshot_sha256
+            );
+            Ok(Outcome {
+                text,
+                json: json!({"command": "pull", "ok": true, "report": report}),
+            })
+        }
+    }
+}
+
+/// The JSON object printed for a failed command under `--output json`.
+pub fn error_json(e: &Error) -> serde_json::Value {
+    json!({"ok": false, "error": e.to_string(), "kind": e.kind(), "exit_code": e.exit_code()})
+}

@@ -1,0 +1,52 @@
+//! The command line: clap derive types only. Every flag is a raw `Option` that also reads
+//! `EMSHAP_CI_<NAME>`; `settings` merges them with the config file and the defaults.
+
+pub mod generate;
+pub mod pull;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Trains, gates, versions and ships the Attribution Service's models.
+#[derive(Debug, Parser)]
+#[command(name = "emshap-ci", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file (TOML). Default: ./emshap-ci.toml when it exists.
+    #[arg(long, global = true, env = "EMSHAP_CI_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less output: no progress (-q), only errors (-qq).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Result format on stdout: `json` prints one JSON object as the last line.
+    #[arg(long, global = true, env = "EMSHAP_CI_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write deterministic synthetic telemetry to a file or a Kafka topic.
+    Generate(generate::GenerateArgs),
+    /// Pull a bounded window of messages into a validated, split, scaled snapshot.
+    Pull(pull::PullArgs),
+}

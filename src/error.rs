@@ -1,0 +1,127 @@
+//! The errors users act on, each with a one-line message that names the thing, a hint, and
+//! the fixed exit code of DESIGN §7. Unexpected failures (bugs) are `Internal` and carry
+//! `anyhow` context; they must never be mistaken for a gate verdict, so they get their own
+//! code (70, BSD's EX_SOFTWARE) instead of 1.
+
+use std::path::{Path, PathBuf};
+
+/// Exit codes: 0 pass, 1 gate failed, 2 usage/config, 3 external system, 4 data quality.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const GATE_FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const EXTERNAL: i32 = 3;
+    pub const DATA_QUALITY: i32 = 4;
+    pub const INTERNAL: i32 = 70;
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag, environment variable or setting has a value that cannot work.
+    #[error("invalid {what}: {message}")]
+    Usage { what: String, message: String },
+
+    /// The config file exists but cannot be used.
+    #[error("config file {}: {message} (fix the file or pass --config with another one)", path.display())]
+    Config { path: PathBuf, message: String },
+
+    /// A local file or folder the user named cannot be read or written.
+    #[error("cannot {op} {}: {source} ({hint})", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Kafka could not be reached or refused what was asked.
+    #[error("kafka at {brokers}: {message} ({hint})")]
+    Kafka {
+        brokers: String,
+        message: String,
+        hint: String,
+    },
+
+    /// The data pulled is not good enough to train on.
+    #[error("data quality: {message}")]
+    DataQuality { message: String },
+
+    /// A bug or an unexpected condition.
+    #[error("internal error: {0:#} (this is a bug in emshap-ci; please report it)")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage { .. } | Error::Config { .. } | Error::Io { .. } => exit::USAGE,
+            Error::Kafka { .. } => exit::EXTERNAL,
+            Error::DataQuality { .. } => exit::DATA_QUALITY,
+            Error::Internal(_) => exit::INTERNAL,
+        }
+    }
+
+    /// A short machine-readable kind, for `--output json`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Usage { .. } => "usage",
+            Error::Config { .. } => "config",
+            Error::Io { .. } => "io",
+            Error::Kafka { .. } => "kafka",
+            Error::DataQuality { .. } => "data_quality",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn usage(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Usage {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn data(message: impl Into<String>) -> Self {
+        Error::DataQuality {
+            message: message.into(),
+        }
+    }
+
+    pub fn read(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            hint: "check that the path exists and is readable",
+            source,
+        }
+    }
+
+    pub fn write(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            hint: "check that the folder exists, is writable and has space",
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_design() {
+        assert_eq!(Error::usage("window", "x").exit_code(), 2);
+        assert_eq!(Error::data("x").exit_code(), 4);
+        let kafka = Error::Kafka {
+            brokers: "127.0.0.1:1".into(),
+            message: "down".into(),
+            hint: "h".into(),
+        };
+        assert_eq!(kafka.exit_code(), 3);
+        assert_eq!(Error::Internal(anyhow::anyhow!("bug")).exit_code(), 70);
+    }
+}

@@ -1,0 +1,435 @@
+//! The Kafka client: metadata, watermarks, timestamp look-ups, a bounded consume loop over
+//! explicitly assigned partitions, producing, and topic creation. Everything the broker says
+//! no to becomes `Error::Kafka` (exit 3) with the brokers named. Must not decode payloads.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Consumer group: used for committed offsets (`--window committed`, `--commit`).
+    pub group: Option<String>,
+    /// How long a metadata request or a stalled fetch may take before giving up.
+    pub timeout: Duration,
+}
+
+impl KafkaConfig {
+    fn err(&self, message: impl Into<String>, hint: impl Into<String>) -> Error {
+        Error::Kafka {
+            brokers: self.brokers.clone(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    fn client_err(&self, what: &str, e: KafkaError) -> Error {
+        let hint = match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::Resolve,
+            ) => "is the broker running? set --brokers or EMSHAP_CI_BROKERS",
+            _ => "check the broker's log",
+        };
+        self.err(format!("{what}: {e}"), hint)
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "emshap-ci")
+            .set("socket.timeout.ms", ms(self.timeout).max(10).to_string())
+            .set("log_level", "3");
+        c
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(i32::MAX as u128) as u64
+}
+
+/// One partition's part of a window: offsets `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionRange {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl PartitionRange {
+    pub fn len(&self) -> u64 {
+        (self.end - self.start).max(0) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// A consumer for one topic, assigned explicitly (never subscribed), committing nothing
+/// unless asked.
+pub struct TopicReader {
+    config: KafkaConfig,
+    topic: String,
+    consumer: BaseConsumer,
+}
+
+impl TopicReader {
+    pub fn connect(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        let mut c = config.base();
+        c.set(
+            "group.id",
+            config.group.as_deref().unwrap_or("emshap-ci-pull"),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "error")
+        .set("allow.auto.create.topics", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.queue.backoff.ms", "0")
+        .set("queued.max.messages.kbytes", "262144");
+        let consumer: BaseConsumer = c
+            .create()
+            .map_err(|e| config.client_err("cannot create consumer", e))?;
+        Ok(Self {
+            config: config.clone(),
+            topic: topic.to_string(),
+            consumer,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The topic's partitions, sorted; a missing topic is an error.
+    pub fn partitions(&self) -> Result<Vec<i32>> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), self.config.timeout)
+            .map_err(|e| {
+                self.config.client_err(
+                    &format!("cannot read metadata of topic '{}'", self.topic),
+                    e,
+                )
+            })?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(|| self.missing_topic())?;
+        if let Some(err) = t.error() {
+            let code: RDKafkaErrorCode = err.into();
+            if code == RDKafkaErrorCode::UnknownTopicOrPartition || t.partitions().is_empty() {
+                return Err(self.missing_topic());
+            }
+            return Err(self.config.err(
+                format!("topic '{}': {code}", self.topic),
+                "check the broker's log",
+            ));
+        }
+        let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        if ps.is_empty() {
+            return Err(self.missing_topic());
+        }
+        ps.sort_unstable();
+        Ok(ps)
+    }
+
+    fn missing_topic(&self) -> Error {
+        self.config.err(
+            format!("topic '{}' does not exist", self.topic),
+            "check --source kafka:TOPIC, or create the topic",
+        )
+    }
+
+    /// (low, high) watermarks of a partition: the first offset and one past the last.
+    pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, self.config.timeout)
+            .map_err(|e| {
+                self.config.client_err(
+                    &format!("cannot read offsets of {}[{partition}]", self.topic),
+                    e,
+                )
+            })
+    }
+
+    /// For each partition, the first offset whose timestamp is ≥ `ts_ms` (None: past the end).
+    pub fn offsets_for_time(&self, partitions: &[i32], ts_ms: i64) -> Result<Vec<Option<i64>>> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(ts_ms))
+                .map_err(|e| self.config.client_err("bad partition list", e))?;
+        }
+        let found = self
+            .consumer
+            .offsets_for_times(tpl, self.config.timeout)
+            .map_err(|e| {
+                self.config.client_err(
+                    &format!("cannot look up offsets by time in '{}'", self.topic),
+                    e,
+                )
+            })?;
+        partitions
+            .iter()
+            .map(|&p| {
+                let elem = found.find_partition(&self.topic, p).ok_or_else(|| {
+                    self.config.err(
+                        format!("no answer for {}[{p}] in the time look-up", self.topic),
+                        "check the broker's log",
+                    )
+                })?;
+                if let Err(e) = elem.error() {
+                    return Err(self.config.client_err("time look-up", e));
+                }
+                Ok(match elem.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
+    /// The group's committed offsets (None where the group has none).
+    pub fn committed(&self, partitions: &[i32]) -> Result<Vec<Option<i64>>> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let got = self
+            .consumer
+            .committed_offsets(tpl, self.config.timeout)
+            .map_err(|e| self.config.client_err("cannot read committed offsets", e))?;
+        Ok(partitions
+            .iter()
+            .map(
+                |&p| match got.find_partition(&self.topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => Some(o),
+                    _ => None,
+                },
+            )
+            .collect())
+    }
+
+    /// Commits `end` of each range for the group (after a snapshot is safely written).
+    pub fn commit(&self, ranges: &[PartitionRange]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for r in ranges {
+            tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.end))
+                .map_err(|e| self.config.client_err("bad partition list", e))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| self.config.client_err("cannot commit offsets", e))
+    }
+
+    /// Reads every message of `ranges` exactly once, calling `each(partition, offset,
+    /// payload)`; returns when every range is done. Messages past a range's end are
+    /// ignored, so the read terminates however much is produced meanwhile.
+    pub fn read(
+        &self,
+        ranges: &[PartitionRange],
+        mut each: impl FnMut(i32, i64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        let mut next: Vec<(i32, i64, i64)> = Vec::new();
+        for r in ranges.iter().filter(|r| !r.is_empty()) {
+            tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))
+                .map_err(|e| self.config.client_err("bad partition list", e))?;
+            next.push((r.partition, r.start, r.end));
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| self.config.client_err("cannot assign partitions", e))?;
+        let mut remaining = next.len();
+        let mut last_progress = Instant::now();
+        while remaining > 0 {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {
+                    if last_progress.elapsed() > self.config.timeout {
+                        let stuck: Vec<String> = next
+                            .iter()
+                            .filter(|(_, o, e)| o < e)
+                            .map(|(p, o, e)| format!("{}[{p}] at {o} of {e}", self.topic))
+                            .collect();
+                        return Err(self.config.err(
+                            format!(
+                                "no message for {:?}: {}",
+                                self.config.timeout,
+                                stuck.join(", ")
+                            ),
+                            "is the broker still up? raise --kafka-timeout for a slow cluster",
+                        ));
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(self.config.client_err("fetch failed", e));
+                }
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    let p = m.partition();
+                    let Some(slot) = next.iter_mut().find(|s| s.0 == p) else {
+                        continue;
+                    };
+                    let off = m.offset();
+                    // Duplicated deliveries (after a reconnect) and offsets past the end are
+                    // skipped, so each offset is seen once.
+                    if off < slot.1 || off >= slot.2 {
+                        continue;
+                    }
+                    slot.1 = off + 1;
+                    each(p, off, m.payload().unwrap_or(&[]))?;
+                    if slot.1 >= slot.2 {
+                        remaining -= 1;
+                    }
+                }
+            }
+        }
+        let _ = self.consumer.unassign();
+        Ok(())
+    }
+}
+
+/// Counts delivery failures, so a produce that loses messages is an error.
+struct CountingContext {
+    failed: std::sync::atomic::AtomicU64,
+    first: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for CountingContext {}
+
+impl ProducerContext for CountingContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut first = self.first.lock().expect("not poisoned");
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Produces keyed, timestamped messages; `finish` waits for every delivery.
+pub struct TopicWriter {
+    config: KafkaConfig,
+    topic: String,
+    producer: BaseProducer<CountingContext>,
+    sent: u64,
+}
+
+impl TopicWriter {
+    pub fn connect(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        let mut c = config.base();
+        c.set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .set(
+                "message.timeout.ms",
+                ms(config.timeout).max(1000).to_string(),
+            );
+        let producer = c
+            .create_with_context(CountingContext {
+                failed: Default::default(),
+                first: Default::default(),
+            })
+            .map_err(|e| config.client_err("cannot create producer", e))?;
+        Ok(Self {
+            config: config.clone(),
+            topic: topic.to_string(),
+            producer,
+            sent: 0,
+        })
+    }
+
+    pub fn send(&mut self, key: &str, timestamp_ms: i64, payload: &[u8]) -> Result<()> {
+        let mut record = BaseRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .timestamp(timestamp_ms);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(self.config.client_err("cannot produce", e)),
+            }
+        }
+        self.sent += 1;
+        if self.sent % 1024 == 0 {
+            self.producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// Waits for every message to be acknowledged; any failed delivery is an error.
+    pub fn finish(self) -> Result<u64> {
+        self.producer
+            .flush(self.config.timeout.max(Duration::from_secs(30)))
+            .map_err(|e| self.config.client_err("cannot flush produced messages", e))?;
+        let ctx = self.producer.context();
+        let failed = ctx.failed.load(std::sync::atomic::Ordering::Relaxed);
+        if failed > 0 {
+            let first = ctx.first.lock().expect("not poisoned").clone();
+            return Err(self.config.err(
+                format!(
+                    "{failed} of {} messages to '{}' were not delivered (first: {})",
+                    self.sent,
+                    self.topic,
+                    first.unwrap_or_default()
+                ),
+                "does the topic exist? check the broker's log",
+            ));
+        }
+        Ok(self.sent)
+    }
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<bool> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .base()
+        .create()
+        .map_err(|e| config.client_err("cannot create admin client", e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::Internal(e.into()))?;
+    let opts = AdminOptions::new().operation_timeout(Some(config.timeout));
+    let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+    let results = rt
+        .block_on(admin.create_topics(&topics, &opts))
+        .map_err(|e| config.client_err(&format!("cannot create topic '{topic}'"), e))?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
+        Some(Err((_, code))) => Err(config.err(
+            format!("cannot create topic '{topic}': {code}"),
+            "check the broker's log",
+        )),
+        None => Err(config.err(
+            format!("no answer creating topic '{topic}'"),
+            "check the broker's log",
+        )),
+    }
+}

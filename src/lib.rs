@@ -1,0 +1,18 @@
+//! emshap-ci: trains, gates, versions and ships the Attribution Service's power predictor
+//! and EMSHAP model. See DESIGN.md for the contract; each module is one stage or one
+//! external system.
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod framing;
+pub mod generate;
+pub mod kafka;
+pub mod native;
+pub mod progress;
+pub mod proto;
+pub mod pull;
+pub mod schema;
+pub mod settings;
+
+pub use error::{Error, Result};

@@ -1,0 +1,39 @@
+use clap::Parser;
+use emshap_ci::{app, cli::Cli, cli::OutputFormat, error::exit};
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (q, _) if q >= 2 => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMSHAP_CI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let json = cli.global.output == OutputFormat::Json;
+    std::process::exit(match app::run(&cli) {
+        Ok(out) => {
+            if json {
+                println!("{}", out.json);
+            } else if cli.global.quiet < 2 {
+                println!("{}", out.text);
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if json {
+                println!("{}", app::error_json(&e));
+            }
+            e.exit_code()
+        }
+    });
+}

@@ -1,0 +1,58 @@
+//! Loading the native libraries. ONNX Runtime is loaded at run time (ort's `load-dynamic`)
+//! from `ORT_DYLIB_PATH`, else from the path build.rs compiled in (set by
+//! scripts/setup.sh), so the binary needs no `LD_LIBRARY_PATH`. libtorch is linked (feature
+//! `torch`) with an rpath to its folder.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+
+use crate::error::{Error, Result};
+
+/// Where libonnxruntime is expected.
+pub fn ort_library() -> Option<PathBuf> {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            let built = env!("EMSHAP_CI_BUILD_ORT_DYLIB");
+            (!built.is_empty()).then(|| PathBuf::from(built))
+        })
+}
+
+/// The process's ONNX Runtime environment, loaded once.
+pub fn ort_environment() -> Result<&'static Environment> {
+    static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let path = ort_library().ok_or_else(|| {
+            "no ONNX Runtime library configured (run scripts/setup.sh, or set ORT_DYLIB_PATH to libonnxruntime.so)".to_string()
+        })?;
+        if !path.is_file() {
+            return Err(format!(
+                "ONNX Runtime library {} not found (run scripts/setup.sh, or set ORT_DYLIB_PATH)",
+                path.display()
+            ));
+        }
+        ort::init_from(&path)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
+            .with_name("emshap-ci")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))
+    });
+    env.as_ref()
+        .map_err(|m| Error::usage("onnx runtime", m.clone()))
+}
+
+/// libtorch's version and whether it sees CUDA: proves the library is linked and loads.
+#[cfg(feature = "torch")]
+pub fn torch_info() -> (String, bool) {
+    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    let sum = (&t * &t).sum(tch::Kind::Float).double_value(&[]);
+    debug_assert_eq!(sum, 14.0);
+    (
+        format!("libtorch ok (1²+2²+3² = {sum})"),
+        tch::Cuda::is_available(),
+    )
+}

@@ -1,0 +1,720 @@
+//! The `pull` stage (DESIGN §3): read a bounded window of `FeatureVector` messages from Kafka
+//! or a length-delimited file, validate and quarantine, deduplicate, split chronologically,
+//! impute and standardise, and write a reproducible snapshot.
+//!
+//! Reading and decoding overlap: one thread reads (the Kafka consumer, or the file in
+//! blocks) and hands batches to decoding workers over a bounded channel.
+
+pub mod decode;
+pub mod snapshot;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::framing::{BlockReader, FrameError};
+use crate::kafka::{KafkaConfig, PartitionRange, TopicReader};
+use crate::progress::Progress;
+use crate::schema::FeatureSet;
+use decode::{Columns, Decoder, Reason};
+use snapshot::{FeatureStats, FileInfo, Scaler, SnapshotSpec, SplitInfo, Staging};
+pub use window::Window;
+
+/// Where messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The telemetry fixture compiled into the binary (`fixtures/telemetry.pb`).
+    Embedded,
+    File(PathBuf),
+    Kafka {
+        topic: String,
+    },
+}
+
+impl std::str::FromStr for Source {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "embedded" {
+            return Ok(Source::Embedded);
+        }
+        if let Some(p) = s.strip_prefix("file:") {
+            if p.is_empty() {
+                return Err(Error::usage(
+                    "--source",
+                    "file: needs a path, e.g. file:fixtures/telemetry.pb",
+                ));
+            }
+            Ok(Source::File(PathBuf::from(p)))
+        } else if let Some(t) = s.strip_prefix("kafka:") {
+            if t.is_empty() {
+                return Err(Error::usage(
+                    "--source",
+                    "kafka: needs a topic, e.g. kafka:raw_metrics",
+                ));
+            }
+            Ok(Source::Kafka {
+                topic: t.to_string(),
+            })
+        } else {
+            Err(Error::usage(
+                "--source",
+                format!("'{s}' (use embedded, file:PATH or kafka:TOPIC)"),
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Embedded => write!(f, "embedded"),
+            Source::File(p) => write!(f, "file:{}", p.display()),
+            Source::Kafka { topic } => write!(f, "kafka:{topic}"),
+        }
+    }
+}
+
+/// How the scaler is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScalerMode {
+    /// Fit on this snapshot's train split (the default).
+    Fit,
+    /// Reuse a `scaler.json` (e.g. the production version's).
+    Reuse(PathBuf),
+}
+
+/// Everything `pull` needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct PullSettings {
+    pub source: Source,
+    pub kafka: KafkaConfig,
+    pub window: Window,
+    pub features: FeatureSet,
+    pub out: PathBuf,
+    pub train_fraction: f64,
+    pub val_fraction: f64,
+    pub max_invalid_ratio: f64,
+    pub scaler: ScalerMode,
+    /// Where quarantined records go when the pull fails its data-quality gate
+    /// (on success they are part of the snapshot).
+    pub quarantine: Option<PathBuf>,
+    /// Commit the window's end offsets for the group once the snapshot is written.
+    pub commit: bool,
+    pub workers: usize,
+}
+
+/// `dataset.json`: the snapshot's lineage and description.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Dataset {
+    pub format: String,
+    pub source: SourceInfo,
+    pub features: Vec<String>,
+    pub target: String,
+    pub counts: Counts,
+    pub split: BTreeMap<String, SplitInfo>,
+    pub scaler: ScalerInfo,
+    pub feature_stats: Vec<FeatureStats>,
+    pub files: Vec<FileInfo>,
+    pub snapshot_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceInfo {
+    pub kind: String,
+    /// The topic, or the file's name.
+    pub name: String,
+    pub window: String,
+    pub partitions: Vec<PartitionRange>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    /// Messages read from the window.
+    pub messages: u64,
+    pub valid: u64,
+    pub duplicates: u64,
+    pub rows: u64,
+    pub invalid: BTreeMap<String, u64>,
+    pub invalid_total: u64,
+    pub invalid_ratio: f64,
+    pub max_invalid_ratio: f64,
+    /// Rows per feature where the value was absent and imputed with the training mean.
+    pub imputed: BTreeMap<String, u64>,
+    /// File sources with a time window: records outside it (not read, not invalid).
+    pub skipped_outside_window: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScalerInfo {
+    pub file: String,
+    pub sha256: String,
+    pub mode: String,
+}
+
+/// What a pull reports when it finishes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    pub out: PathBuf,
+    pub source: String,
+    pub messages: u64,
+    pub rows: u64,
+    pub duplicates: u64,
+    pub invalid: BTreeMap<String, u64>,
+    pub invalid_ratio: f64,
+    pub snapshot_sha256: String,
+    pub seconds: f64,
+    pub messages_per_s: f64,
+}
+
+/// Runs the pull. On any error nothing is left at `settings.out` that was not there before.
+pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> {
+    let started = Instant::now();
+    let scaler = match &settings.scaler {
+        ScalerMode::Fit => None,
+        ScalerMode::Reuse(p) => Some(Scaler::load(p)?),
+    };
+    // Check the destination before any slow work.
+    let staging = Staging::new(&settings.out)?;
+
+    let (cols, source_info, reader) = match &settings.source {
+        Source::Embedded => {
+            let input = Input::Embedded;
+            let (cols, info) = read_file(&input, settings, progress)?;
+            (cols, info, None)
+        }
+        Source::File(path) => {
+            let (cols, info) = read_file(&Input::File(path), settings, progress)?;
+            (cols, info, None)
+        }
+        Source::Kafka { topic } => {
+            let (cols, info, reader) = read_kafka(topic, settings, progress)?;
+            (cols, info, Some(reader))
+        }
+    };
+    progress.finish();
+
+    let messages = cols.messages;
+    if messages == 0 {
+        return Err(Error::data(format!(
+            "the window {} of {} holds no messages (widen --window)",
+            settings.window, settings.source
+        )));
+    }
+    let mut invalid: BTreeMap<String, u64> = Reason::INVALID
+        .iter()
+        .map(|r| (r.name().to_string(), 0))
+        .collect();
+    for q in &cols.quarantined {
+        *invalid.entry(q.reason.name().to_string()).or_default() += 1;
+    }
+    let invalid_total: u64 = invalid.values().sum();
+    let invalid_ratio = invalid_total as f64 / messages as f64;
+    let topic_name = source_info.name.clone();
+    if invalid_ratio > settings.max_invalid_ratio {
+        let path = settings
+            .quarantine
+            .clone()
+            .unwrap_or_else(|| sibling(&settings.out, ".quarantine.jsonl"));
+        let mut q = cols.quarantined;
+        q.sort_by_key(|q| (q.partition, q.offset));
+        snapshot::write_quarantine(&path, &q, &topic_name)?;
+        let by: Vec<String> = invalid
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        return Err(Error::data(format!(
+            "{invalid_total} of {messages} messages invalid ({:.2} %, limit {:.2} %: {}); no snapshot written, records in {} (fix the producer, or raise --max-invalid-ratio)",
+            invalid_ratio * 100.0,
+            settings.max_invalid_ratio * 100.0,
+            by.join(", "),
+            path.display()
+        )));
+    }
+    let valid = cols.rows() as u64;
+    let skipped = cols.skipped;
+
+    let spec = SnapshotSpec {
+        features: settings.features.names().to_vec(),
+        train: settings.train_fraction,
+        val: settings.val_fraction,
+        scaler,
+    };
+    let built = snapshot::build(cols, &spec)?;
+
+    // Files, then the lineage that names their digests, then the move into place.
+    let mut files = Vec::new();
+    for (name, table) in &built.splits {
+        let path = staging.dir.join(format!("{name}.parquet"));
+        snapshot::write_parquet(&path, table, spec.features.as_slice())?;
+        files.push(snapshot::sha256_file(&path)?);
+    }
+    let scaler_path = staging.dir.join(snapshot::SCALER_FILE);
+    let scaler_json =
+        serde_json::to_vec_pretty(&built.scaler).map_err(|e| Error::Internal(e.into()))?;
+    snapshot::write_atomic(&scaler_path, &scaler_json)?;
+    let scaler_file = snapshot::sha256_file(&scaler_path)?;
+    files.push(scaler_file.clone());
+    let qpath = staging.dir.join(snapshot::QUARANTINE_FILE);
+    snapshot::write_quarantine(&qpath, &built.quarantine, &topic_name)?;
+    files.push(snapshot::sha256_file(&qpath)?);
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let digest = snapshot::snapshot_digest(&files);
+
+    let rows: u64 = built.split_info.iter().map(|(_, s)| s.rows).sum();
+    let mut imputed = BTreeMap::new();
+    for (j, name) in spec.features.iter().enumerate() {
+        let n: u64 = built.split_info.iter().map(|(_, s)| s.imputed[j]).sum();
+        imputed.insert(name.clone(), n);
+    }
+    let dataset = Dataset {
+        format: "emshap-ci.dataset/1".into(),
+        source: source_info,
+        features: spec.features.clone(),
+        target: crate::schema::TARGET.into(),
+        counts: Counts {
+            messages,
+            valid,
+            duplicates: built.duplicates,
+            rows,
+            invalid: invalid.clone(),
+            invalid_total,
+            invalid_ratio,
+            max_invalid_ratio: settings.max_invalid_ratio,
+            imputed,
+            skipped_outside_window: skipped,
+        },
+        split: built.split_info.into_iter().collect(),
+        scaler: ScalerInfo {
+            file: snapshot::SCALER_FILE.into(),
+            sha256: scaler_file.sha256,
+            mode: match &settings.scaler {
+                ScalerMode::Fit => "fit".into(),
+                ScalerMode::Reuse(_) => "reuse".into(),
+            },
+        },
+        feature_stats: built.stats,
+        files,
+        snapshot_sha256: digest.clone(),
+    };
+    let mut json = serde_json::to_vec_pretty(&dataset).map_err(|e| Error::Internal(e.into()))?;
+    json.push(b'\n');
+    snapshot::write_atomic(&staging.dir.join(snapshot::DATASET_FILE), &json)?;
+    staging.commit()?;
+
+    if settings.commit {
+        if let Some(reader) = &reader {
+            reader.commit(&dataset.source.partitions)?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(PullReport {
+        out: settings.out.clone(),
+        source: settings.source.to_string(),
+        messages,
+        rows,
+        duplicates: dataset.counts.duplicates,
+        invalid,
+        invalid_ratio,
+        snapshot_sha256: digest,
+        seconds,
+        messages_per_s: messages as f64 / seconds.max(1e-9),
+    })
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".into());
+    path.with_file_name(format!("{name}{suffix}"))
+}
+
+/// A batch of raw messages handed from the reader to a decoder.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    /// (partition, offset, start, len) per message.
+    msgs: Vec<(i32, i64, u32, u32)>,
+}
+
+const BATCH: usize = 4096;
+
+/// Runs `read` on this thread, feeding batches to `workers` decoder threads.
+fn decode_parallel(
+    settings: &PullSettings,
+    time: Option<(i64, i64)>,
+    read: impl FnOnce(&crossbeam_channel::Sender<Batch>) -> Result<()>,
+) -> Result<Columns> {
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(8);
+    let workers = settings.workers.max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = rx.clone();
+                let features = &settings.features;
+                s.spawn(move || {
+                    let mut dec = Decoder::new(features, time);
+                    for b in rx {
+                        for &(p, o, start, len) in &b.msgs {
+                            dec.push(p, o, &b.data[start as usize..(start + len) as usize]);
+                        }
+                    }
+                    dec.out
+                })
+            })
+            .collect();
+        drop(rx);
+        let res = read(&tx);
+        drop(tx);
+        let mut all = Columns::new(settings.features.len());
+        for h in handles {
+            all.append(
+                h.join()
+                    .map_err(|_| Error::Internal(anyhow::anyhow!("decoder thread panicked")))?,
+            );
+        }
+        res.map(|_| all)
+    })
+}
+
+/// The bundled fixture: the embedded default source.
+pub static EMBEDDED: &[u8] = include_bytes!("../fixtures/telemetry.pb");
+pub const EMBEDDED_NAME: &str = "telemetry.pb (embedded)";
+
+/// A framed input: a file, or the embedded fixture.
+enum Input<'a> {
+    Embedded,
+    File(&'a Path),
+}
+
+impl Input<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            Input::Embedded => Path::new(EMBEDDED_NAME),
+            Input::File(p) => p,
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn std::io::Read + Send + '_>> {
+        match self {
+            Input::Embedded => Ok(Box::new(EMBEDDED)),
+            Input::File(p) => Ok(Box::new(File::open(p).map_err(|e| Error::read(p, e))?)),
+        }
+    }
+
+    fn len(&self) -> Result<u64> {
+        match self {
+            Input::Embedded => Ok(EMBEDDED.len() as u64),
+            Input::File(p) => Ok(std::fs::metadata(p).map_err(|e| Error::read(p, e))?.len()),
+        }
+    }
+}
+
+fn frame_err(path: &Path, e: FrameError) -> Error {
+    match e {
+        FrameError::Io(e) => Error::read(path, e),
+        other => Error::data(format!(
+            "{}: {other} (regenerate it with `emshap-ci generate --out`)",
+            path.display()
+        )),
+    }
+}
+
+fn read_file(
+    input: &Input<'_>,
+    settings: &PullSettings,
+    progress: &Progress,
+) -> Result<(Columns, SourceInfo)> {
+    let path = input.path();
+    let total = input.len()?;
+    // A file is one partition (0) whose offsets are message positions.
+    let (start, end, time) = match &settings.window {
+        Window::All => (0, i64::MAX, None),
+        Window::Time { from_ms, to_ms } => (0, i64::MAX, Some((*from_ms, *to_ms))),
+        Window::Last(n) => {
+            let count = count_messages(input)?;
+            ((count - *n as i64).max(0), count, None)
+        }
+        Window::Offsets(spec) => {
+            let (a, b) = match spec {
+                window::OffsetSpec::Every { start, end } => (*start, *end),
+                window::OffsetSpec::Per(per) => match per.as_slice() {
+                    [(0, a, b)] => (*a, *b),
+                    _ => return Err(Error::usage(
+                        "--window",
+                        "a file has one partition, 0: use offsets:START-END or offsets:0=START-END",
+                    )),
+                },
+            };
+            let count = count_messages(input)?;
+            if b > count {
+                return Err(Error::usage(
+                    "--window",
+                    format!(
+                        "{} is past the end of {} ({count} messages)",
+                        settings.window,
+                        path.display()
+                    ),
+                ));
+            }
+            (a, b, None)
+        }
+        Window::Committed => {
+            return Err(Error::usage(
+                "--window",
+                "committed needs a Kafka source and --group",
+            ))
+        }
+    };
+    progress.set_total(total, "bytes");
+    let mut last = start;
+    let cols = decode_parallel(settings, None, |tx| {
+        let mut reader = BlockReader::new(input.open()?, 4 << 20);
+        let mut index: i64 = 0;
+        while let Some(block) = reader.next_block().map_err(|e| frame_err(path, e))? {
+            let mut batch = Batch {
+                data: block.data,
+                msgs: Vec::with_capacity(block.spans.len()),
+            };
+            let mut bytes = 0u64;
+            for (s, l) in block.spans {
+                bytes += u64::from(l) + 1;
+                if index >= start && index < end {
+                    batch.msgs.push((0, index, s, l));
+                }
+                index += 1;
+            }
+            last = index.min(end);
+            progress.inc(bytes);
+            if !batch.msgs.is_empty() && tx.send(batch).is_err() {
+                break;
+            }
+            if index >= end {
+                break;
+            }
+        }
+        Ok(())
+    })?;
+    // Time windows on a file select records by their own timestamp.
+    let cols = match time {
+        Some((from, to)) => filter_time(cols, from, to),
+        None => cols,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((
+        cols,
+        SourceInfo {
+            kind: "file".into(),
+            name,
+            window: settings.window.to_string(),
+            partitions: vec![PartitionRange {
+                partition: 0,
+                start,
+                end: last,
+            }],
+        },
+    ))
+}
+
+fn filter_time(cols: Columns, from: i64, to: i64) -> Columns {
+    // Keep rows and quarantined records whose timestamps lie inside [from, to). Records
+    // without a readable timestamp (undecodable) stay, since nothing says they are outside.
+    let d = cols.d;
+    let mut out = Columns::new(d);
+    let mut kept = Columns::new(d);
+    kept.node_names = cols.node_names.clone();
+    let mut read = 0u64;
+    for i in 0..cols.rows() {
+        let t = cols.timestamp[i];
+        if t >= from && t < to {
+            kept.values
+                .extend_from_slice(&cols.values[i * d..(i + 1) * d]);
+            kept.power.push(cols.power[i]);
+            kept.timestamp.push(t);
+            kept.node.push(cols.node[i]);
+            kept.partition.push(cols.partition[i]);
+            kept.offset.push(cols.offset[i]);
+            read += 1;
+        }
+    }
+    for q in cols.quarantined {
+        if q.timestamp_ms.is_none_or(|t| t >= from && t < to) {
+            read += 1;
+            kept.quarantined.push(q);
+        }
+    }
+    kept.skipped = cols.messages - read;
+    kept.messages = read;
+    out.append(kept);
+    out
+}
+
+fn count_messages(input: &Input<'_>) -> Result<i64> {
+    let mut reader = BlockReader::new(input.open()?, 4 << 20);
+    let mut n = 0i64;
+    while let Some(b) = reader
+        .next_block()
+        .map_err(|e| frame_err(input.path(), e))?
+    {
+        n += b.spans.len() as i64;
+    }
+    Ok(n)
+}
+
+fn read_kafka(
+    topic: &str,
+    settings: &PullSettings,
+    progress: &Progress,
+) -> Result<(Columns, SourceInfo, TopicReader)> {
+    let reader = TopicReader::connect(&settings.kafka, topic)?;
+    let partitions = reader.partitions()?;
+    let marks: Vec<(i64, i64)> = partitions
+        .iter()
+        .map(|&p| reader.watermarks(p))
+        .collect::<Result<_>>()?;
+    let ranges = resolve_ranges(&reader, &settings.window, &partitions, &marks, settings)?;
+    let total: u64 = ranges.iter().map(|r| r.len()).sum();
+    progress.set_total(total, "messages");
+    let time = settings.window.time_bounds();
+    let cols = decode_parallel(settings, time, |tx| {
+        let mut batch = Batch::default();
+        reader.read(&ranges, |p, o, payload| {
+            let start = batch.data.len() as u32;
+            batch.data.extend_from_slice(payload);
+            batch.msgs.push((p, o, start, payload.len() as u32));
+            if batch.msgs.len() >= BATCH {
+                progress.inc(batch.msgs.len() as u64);
+                let full = std::mem::take(&mut batch);
+                tx.send(full)
+                    .map_err(|_| Error::Internal(anyhow::anyhow!("decoders stopped")))?;
+            }
+            Ok(())
+        })?;
+        progress.inc(batch.msgs.len() as u64);
+        if !batch.msgs.is_empty() {
+            let _ = tx.send(batch);
+        }
+        Ok(())
+    })?;
+    Ok((
+        cols,
+        SourceInfo {
+            kind: "kafka".into(),
+            name: topic.to_string(),
+            window: settings.window.to_string(),
+            partitions: ranges,
+        },
+        reader,
+    ))
+}
+
+/// Turns the window into fixed offset ranges per partition.
+fn resolve_ranges(
+    reader: &TopicReader,
+    window: &Window,
+    partitions: &[i32],
+    marks: &[(i64, i64)],
+    settings: &PullSettings,
+) -> Result<Vec<PartitionRange>> {
+    let topic = reader.topic();
+    let past_end = |p: i32, high: i64| {
+        Error::usage(
+            "--window",
+            format!(
+                "{window} is past the end of {topic}[{p}] (its last offset is {})",
+                high - 1
+            ),
+        )
+    };
+    let mut out = Vec::with_capacity(partitions.len());
+    match window {
+        Window::All => {
+            for (&p, &(low, high)) in partitions.iter().zip(marks) {
+                out.push(PartitionRange {
+                    partition: p,
+                    start: low,
+                    end: high,
+                });
+            }
+        }
+        Window::Last(n) => {
+            for (&p, &(low, high)) in partitions.iter().zip(marks) {
+                out.push(PartitionRange {
+                    partition: p,
+                    start: (high - *n as i64).max(low),
+                    end: high,
+                });
+            }
+        }
+        Window::Offsets(spec) => {
+            let wanted: Vec<(i32, i64, i64)> = match spec {
+                window::OffsetSpec::Every { start, end } => {
+                    partitions.iter().map(|&p| (p, *start, *end)).collect()
+                }
+                window::OffsetSpec::Per(per) => per.clone(),
+            };
+            for (p, a, b) in wanted {
+                let Some(k) = partitions.iter().position(|&q| q == p) else {
+                    return Err(Error::usage(
+                        "--window",
+                        format!("{topic} has no partition {p} (it has {partitions:?})"),
+                    ));
+                };
+                let (low, high) = marks[k];
+                if b > high {
+                    return Err(past_end(p, high));
+                }
+                if a < low {
+                    return Err(Error::usage(
+                        "--window",
+                        format!("{window}: offsets before {low} of {topic}[{p}] were deleted by retention"),
+                    ));
+                }
+                out.push(PartitionRange {
+                    partition: p,
+                    start: a,
+                    end: b,
+                });
+            }
+        }
+        Window::Time { from_ms, to_ms } => {
+            let starts = reader.offsets_for_time(partitions, *from_ms)?;
+            let ends = reader.offsets_for_time(partitions, *to_ms)?;
+            for (k, &p) in partitions.iter().enumerate() {
+                let (low, high) = marks[k];
+                let start = starts[k].unwrap_or(high).clamp(low, high);
+                let end = ends[k].unwrap_or(high).clamp(start, high);
+                out.push(PartitionRange {
+                    partition: p,
+                    start,
+                    end,
+                });
+            }
+        }
+        Window::Committed => {
+            if settings.kafka.group.is_none() {
+                return Err(Error::usage("--window", "committed needs --group"));
+            }
+            let committed = reader.committed(partitions)?;
+            for (k, &p) in partitions.iter().enumerate() {
+                let (low, high) = marks[k];
+                let start = committed[k].unwrap_or(low).clamp(low, high);
+                out.push(PartitionRange {
+                    partition: p,
+                    start,
+                    end: high,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
