@@ -157,16 +157,73 @@ impl TopicReader {
         )
     }
 
-    /// (low, high) watermarks of a partition: the first offset and one past the last.
-    pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
-        self.consumer
-            .fetch_watermarks(&self.topic, partition, self.config.timeout)
-            .map_err(|e| {
-                self.config.client_err(
-                    &format!("cannot read offsets of {}[{partition}]", self.topic),
-                    e,
-                )
-            })
+    /// (low, high) watermarks of each partition: the first offset and one past the last.
+    ///
+    /// The broker's ListOffsets answer is confirmed by reading from its last offset to the
+    /// end of the partition: some Kafka-compatible brokers (Tansu 0.6) answer with the base
+    /// offset of the last record batch + 1, while their Fetch responses are right. On Apache
+    /// Kafka this reads one message per partition.
+    pub fn watermarks(&self, partitions: &[i32]) -> Result<Vec<(i64, i64)>> {
+        let mut marks = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let m = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, self.config.timeout)
+                .map_err(|e| {
+                    self.config
+                        .client_err(&format!("cannot read offsets of {}[{p}]", self.topic), e)
+                })?;
+            marks.push(m);
+        }
+        let probe: Vec<(usize, i64)> = marks
+            .iter()
+            .enumerate()
+            .filter(|(_, (low, high))| high > low)
+            .map(|(k, (_, high))| (k, high - 1))
+            .collect();
+        if probe.is_empty() {
+            return Ok(marks);
+        }
+        let mut c = self.config.base();
+        c.set("group.id", "emshap-ci-probe")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "5");
+        let consumer: BaseConsumer = c
+            .create()
+            .map_err(|e| self.config.client_err("cannot create consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        for &(k, from) in &probe {
+            tpl.add_partition_offset(&self.topic, partitions[k], Offset::Offset(from))
+                .map_err(|e| self.config.client_err("bad partition list", e))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| self.config.client_err("cannot assign partitions", e))?;
+        let mut open: Vec<i32> = probe.iter().map(|&(k, _)| partitions[k]).collect();
+        let deadline = Instant::now() + self.config.timeout;
+        while !open.is_empty() {
+            if Instant::now() > deadline {
+                return Err(self.config.err(
+                    format!(
+                        "no answer reading the end of {} partitions {open:?} within {:?}",
+                        self.topic, self.config.timeout
+                    ),
+                    "is the broker still up? raise --kafka-timeout for a slow cluster",
+                ));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|&q| q != p),
+                Some(Err(e)) => return Err(self.config.client_err("fetch failed", e)),
+                Some(Ok(m)) => {
+                    if let Some(k) = partitions.iter().position(|&q| q == m.partition()) {
+                        marks[k].1 = marks[k].1.max(m.offset() + 1);
+                    }
+                }
+            }
+        }
+        Ok(marks)
     }
 
     /// For each partition, the first offset whose timestamp is ≥ `ts_ms` (None: past the end).

@@ -4,9 +4,10 @@ use emshap_ci::{app, cli::Cli, cli::OutputFormat, error::exit};
 fn main() {
     let cli = Cli::parse();
     let level = match (cli.global.quiet, cli.global.verbose) {
-        (q, _) if q >= 2 => "error",
-        (_, 0) => "warn",
-        (_, 1) => "info",
+        // librdkafka's own log lines repeat what our errors already say; shown from -vv.
+        (q, _) if q >= 2 => "error,rdkafka=off",
+        (_, 0) => "warn,rdkafka=off",
+        (_, 1) => "info,rdkafka=off",
         (_, 2) => "debug",
         _ => "trace",
     };

@@ -577,10 +577,7 @@ fn read_kafka(
 ) -> Result<(Columns, SourceInfo, TopicReader)> {
     let reader = TopicReader::connect(&settings.kafka, topic)?;
     let partitions = reader.partitions()?;
-    let marks: Vec<(i64, i64)> = partitions
-        .iter()
-        .map(|&p| reader.watermarks(p))
-        .collect::<Result<_>>()?;
+    let marks = reader.watermarks(&partitions)?;
     let ranges = resolve_ranges(&reader, &settings.window, &partitions, &marks, settings)?;
     let total: u64 = ranges.iter().map(|r| r.len()).sum();
     progress.set_total(total, "messages");

@@ -183,7 +183,7 @@ pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
     let n_test = rows - n_train - n_val;
     if n_train == 0 || n_val == 0 || n_test == 0 {
         return Err(Error::data(format!(
-            "{rows} valid rows are too few to split {}/{}/{} (every split needs a row; widen the window)",
+            "{rows} valid rows are too few to split {:.2}/{:.2}/{:.2} (every split needs a row; widen the window)",
             spec.train,
             spec.val,
             1.0 - spec.train - spec.val
