@@ -21,19 +21,25 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Config file (TOML). Default: ./emshap-ci.toml when it exists.
-    #[arg(long, global = true, env = "EMSHAP_CI_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "EMSHAP_CI_CONFIG",
+        value_name = "FILE",
+        display_order = 900
+    )]
     pub config: Option<PathBuf>,
 
     /// More log output (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, display_order = 901)]
     pub verbose: u8,
 
     /// Less output: no progress (-q), only errors (-qq).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, display_order = 902)]
     pub quiet: u8,
 
     /// Result format on stdout: `json` prints one JSON object as the last line.
-    #[arg(long, global = true, env = "EMSHAP_CI_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(long, global = true, env = "EMSHAP_CI_OUTPUT", value_enum, default_value_t = OutputFormat::Text, display_order = 903)]
     pub output: OutputFormat,
 }
 

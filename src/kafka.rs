@@ -96,7 +96,7 @@ impl TopicReader {
         )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "error")
         .set("allow.auto.create.topics", "false")
         .set("fetch.wait.max.ms", "5")
@@ -297,35 +297,88 @@ impl TopicReader {
 
     /// Reads every message of `ranges` exactly once, calling `each(partition, offset,
     /// payload)`; returns when every range is done. Messages past a range's end are
-    /// ignored, so the read terminates however much is produced meanwhile.
+    /// ignored, so the read terminates however much is produced meanwhile. `lows` are the
+    /// partitions' low watermarks (same order as `ranges`).
+    ///
+    /// A broker may answer a fetch from inside a record batch with the *next* batch (Tansu
+    /// 0.6 does), which shows as a gap right at the start: the partition is then read again
+    /// from its low watermark, a batch boundary, and the messages before the range skipped.
+    /// Later gaps are offsets that do not exist (compaction, transaction markers); the
+    /// partition's end-of-file event ends it.
     pub fn read(
         &self,
         ranges: &[PartitionRange],
+        lows: &[i64],
         mut each: impl FnMut(i32, i64, &[u8]) -> Result<()>,
     ) -> Result<()> {
+        struct Slot {
+            partition: i32,
+            next: i64,
+            end: i64,
+            low: i64,
+            started: bool,
+            done: bool,
+        }
         let mut tpl = TopicPartitionList::new();
-        let mut next: Vec<(i32, i64, i64)> = Vec::new();
-        for r in ranges.iter().filter(|r| !r.is_empty()) {
+        let mut slots: Vec<Slot> = Vec::new();
+        for (r, &low) in ranges.iter().zip(lows) {
+            if r.is_empty() {
+                continue;
+            }
             tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))
                 .map_err(|e| self.config.client_err("bad partition list", e))?;
-            next.push((r.partition, r.start, r.end));
+            slots.push(Slot {
+                partition: r.partition,
+                next: r.start,
+                end: r.end,
+                low,
+                started: false,
+                done: false,
+            });
         }
-        if next.is_empty() {
+        if slots.is_empty() {
             return Ok(());
         }
         self.consumer
             .assign(&tpl)
             .map_err(|e| self.config.client_err("cannot assign partitions", e))?;
-        let mut remaining = next.len();
+        let mut remaining = slots.len();
         let mut last_progress = Instant::now();
+        let assigned = Instant::now();
+        // A broker answers a fetch within milliseconds (fetch.wait.max.ms = 5); one that
+        // stays silent about a range starting inside its last batch gets the same re-read.
+        let stall = (self.config.timeout / 4).min(Duration::from_secs(2));
+        let mut stall_checked = false;
         while remaining > 0 {
-            match self.consumer.poll(Duration::from_millis(100)) {
+            if !stall_checked && assigned.elapsed() > stall {
+                stall_checked = true;
+                for s in slots
+                    .iter_mut()
+                    .filter(|s| !s.started && !s.done && s.next > s.low)
+                {
+                    s.started = true;
+                    self.consumer
+                        .seek(
+                            &self.topic,
+                            s.partition,
+                            Offset::Offset(s.low),
+                            self.config.timeout,
+                        )
+                        .map_err(|e| self.config.client_err("cannot seek", e))?;
+                }
+            }
+            let m = match self.consumer.poll(Duration::from_millis(100)) {
                 None => {
                     if last_progress.elapsed() > self.config.timeout {
-                        let stuck: Vec<String> = next
+                        let stuck: Vec<String> = slots
                             .iter()
-                            .filter(|(_, o, e)| o < e)
-                            .map(|(p, o, e)| format!("{}[{p}] at {o} of {e}", self.topic))
+                            .filter(|s| !s.done)
+                            .map(|s| {
+                                format!(
+                                    "{}[{}] at {} of {}",
+                                    self.topic, s.partition, s.next, s.end
+                                )
+                            })
                             .collect();
                         return Err(self.config.err(
                             format!(
@@ -336,28 +389,63 @@ impl TopicReader {
                             "is the broker still up? raise --kafka-timeout for a slow cluster",
                         ));
                     }
+                    continue;
                 }
-                Some(Err(e)) => {
-                    return Err(self.config.client_err("fetch failed", e));
-                }
-                Some(Ok(m)) => {
-                    last_progress = Instant::now();
-                    let p = m.partition();
-                    let Some(slot) = next.iter_mut().find(|s| s.0 == p) else {
-                        continue;
-                    };
-                    let off = m.offset();
-                    // Duplicated deliveries (after a reconnect) and offsets past the end are
-                    // skipped, so each offset is seen once.
-                    if off < slot.1 || off >= slot.2 {
-                        continue;
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(s) = slots.iter_mut().find(|s| s.partition == p && !s.done) {
+                        if !s.started && s.next > s.low {
+                            // Nothing from inside the last batch: re-read from a boundary.
+                            s.started = true;
+                            self.consumer
+                                .seek(&self.topic, p, Offset::Offset(s.low), self.config.timeout)
+                                .map_err(|e| self.config.client_err("cannot seek", e))?;
+                        } else {
+                            // End of file at the current high watermark, at or past the fixed
+                            // end: whatever offsets were not seen do not exist.
+                            s.done = true;
+                            remaining -= 1;
+                        }
                     }
-                    slot.1 = off + 1;
-                    each(p, off, m.payload().unwrap_or(&[]))?;
-                    if slot.1 >= slot.2 {
-                        remaining -= 1;
-                    }
+                    continue;
                 }
+                Some(Err(e)) => return Err(self.config.client_err("fetch failed", e)),
+                Some(Ok(m)) => m,
+            };
+            last_progress = Instant::now();
+            let p = m.partition();
+            let Some(slot) = slots.iter_mut().find(|s| s.partition == p) else {
+                continue;
+            };
+            let off = m.offset();
+            if slot.done || off < slot.next {
+                // Redelivered (after a reconnect or a re-read), or before the range.
+                continue;
+            }
+            if !slot.started && off > slot.next && slot.next > slot.low {
+                // The broker skipped from inside a batch to the next one: re-read from the
+                // low watermark, which is a batch boundary.
+                slot.started = true;
+                self.consumer
+                    .seek(
+                        &self.topic,
+                        p,
+                        Offset::Offset(slot.low),
+                        self.config.timeout,
+                    )
+                    .map_err(|e| self.config.client_err("cannot seek", e))?;
+                continue;
+            }
+            slot.started = true;
+            if off >= slot.end {
+                slot.done = true;
+                remaining -= 1;
+                continue;
+            }
+            slot.next = off + 1;
+            each(p, off, m.payload().unwrap_or(&[]))?;
+            if slot.next >= slot.end {
+                slot.done = true;
+                remaining -= 1;
             }
         }
         let _ = self.consumer.unassign();

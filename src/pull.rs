@@ -584,7 +584,17 @@ fn read_kafka(
     let time = settings.window.time_bounds();
     let cols = decode_parallel(settings, time, |tx| {
         let mut batch = Batch::default();
-        reader.read(&ranges, |p, o, payload| {
+        let lows: Vec<i64> = ranges
+            .iter()
+            .map(|r| {
+                marks[partitions
+                    .iter()
+                    .position(|&q| q == r.partition)
+                    .unwrap_or(0)]
+                .0
+            })
+            .collect();
+        reader.read(&ranges, &lows, |p, o, payload| {
             let start = batch.data.len() as u32;
             batch.data.extend_from_slice(payload);
             batch.msgs.push((p, o, start, payload.len() as u32));

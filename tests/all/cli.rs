@@ -1,0 +1,188 @@
+//! What users read: `--help` and the rendered errors, snapshotted with insta so a change
+//! shows up in review; and the exit codes of DESIGN §7.
+
+use crate::harness::*;
+
+fn help(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), args);
+    assert_exit(&o, 0);
+    stdout(&o)
+}
+
+#[test]
+fn help_texts() {
+    insta::assert_snapshot!("help", help(&["--help"]));
+    insta::assert_snapshot!("help_pull", help(&["pull", "--help"]));
+    insta::assert_snapshot!("help_generate", help(&["generate", "--help"]));
+}
+
+/// Runs a failing command and returns "exit N: stderr" for a snapshot.
+fn failure(args: &[&str], setup: impl FnOnce(&std::path::Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let o = run(dir.path(), args);
+    format!("exit {}: {}", o.status.code().unwrap_or(-1), stderr(&o))
+}
+
+#[test]
+fn rendered_errors() {
+    let none = |_: &std::path::Path| {};
+    insta::assert_snapshot!(
+        "err_window",
+        failure(&["pull", "--window", "yesterday"], none)
+    );
+    insta::assert_snapshot!(
+        "err_feature",
+        failure(&["pull", "--features", "cpu_util,cpu"], none)
+    );
+    insta::assert_snapshot!("err_source", failure(&["pull", "--source", "s3://x"], none));
+    insta::assert_snapshot!(
+        "err_no_brokers",
+        failure(&["pull", "--source", "kafka:raw_metrics"], none)
+    );
+    insta::assert_snapshot!(
+        "err_missing_config",
+        failure(&["--config", "none.toml", "pull"], none)
+    );
+    insta::assert_snapshot!(
+        "err_bad_config",
+        failure(&["pull"], |d| std::fs::write(
+            d.join("emshap-ci.toml"),
+            "[pull]\nwindw = 1\n"
+        )
+        .unwrap())
+    );
+    insta::assert_snapshot!(
+        "err_generate_target",
+        failure(&["generate", "--rows", "5"], none)
+    );
+    insta::assert_snapshot!(
+        "err_bad_kind",
+        failure(&["generate", "--bad-kinds", "evil", "--out", "x"], none)
+    );
+}
+
+#[test]
+fn settings_layer_config_then_env_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("emshap-ci.toml"),
+        "[pull]\nwindow = \"last:100\"\nout = \"from-config\"\n",
+    )
+    .unwrap();
+    // Config file alone.
+    assert_exit(&run(dir.path(), &["pull", "-q"]), 0);
+    assert_eq!(
+        dataset(&dir.path().join("from-config"))["counts"]["messages"],
+        100
+    );
+    // The environment beats the file.
+    let o = bin()
+        .args(["pull", "-q"])
+        .env("EMSHAP_CI_WINDOW", "last:200")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    assert_eq!(
+        dataset(&dir.path().join("from-config"))["counts"]["messages"],
+        200
+    );
+    // A flag beats the environment.
+    let o = bin()
+        .args(["pull", "-q", "--window", "last:300"])
+        .env("EMSHAP_CI_WINDOW", "last:200")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    assert_eq!(
+        dataset(&dir.path().join("from-config"))["counts"]["messages"],
+        300
+    );
+}
+
+#[test]
+fn json_output_ends_with_one_object_also_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["pull", "--output", "json", "--out", "s"]);
+    assert_exit(&o, 0);
+    let last: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(last["ok"], true);
+    assert_eq!(last["report"]["messages"], 16000);
+    let o = run(
+        dir.path(),
+        &["pull", "--output", "json", "--source", "file:missing.pb"],
+    );
+    assert_exit(&o, 2);
+    let last: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(last["ok"], false);
+    assert_eq!(last["exit_code"], 2);
+    assert_eq!(last["kind"], "io");
+}
+
+#[test]
+fn generate_is_deterministic_and_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(
+            dir.path(),
+            &["generate", "--rows", "500", "--seed", "5", "--out", "a.pb"],
+        ),
+        0,
+    );
+    assert_exit(
+        &run(
+            dir.path(),
+            &["generate", "--rows", "500", "--seed", "5", "--out", "b.pb"],
+        ),
+        0,
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("a.pb")).unwrap(),
+        std::fs::read(dir.path().join("b.pb")).unwrap()
+    );
+    let o = run(
+        dir.path(),
+        &["generate", "--rows", "5", "--out", "no/such/../../a.pb/x"],
+    );
+    assert_exit(&o, 2);
+    assert_eq!(
+        std::fs::read(dir.path().join("a.pb")).unwrap().len(),
+        std::fs::read(dir.path().join("b.pb")).unwrap().len()
+    );
+}
+
+/// The bundled fixture is what `generate` makes with the documented command (README).
+#[test]
+fn embedded_fixture_regenerates_from_its_documented_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &[
+            "generate",
+            "--rows",
+            "16000",
+            "--nodes",
+            "48",
+            "--seed",
+            "7",
+            "--bad-ratio",
+            "0.004",
+            "--out",
+            "f.pb",
+        ],
+    );
+    assert_exit(&o, 0);
+    let fresh = std::fs::read(dir.path().join("f.pb")).unwrap();
+    let shipped = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/telemetry.pb"
+    ))
+    .unwrap();
+    assert!(
+        fresh == shipped,
+        "fixtures/telemetry.pb is stale: regenerate it with the README's command"
+    );
+}

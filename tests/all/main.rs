@@ -1,0 +1,9 @@
+//! Integration tests, one binary with a module per area. Tests whose names contain `kafka`
+//! start a real Tansu broker (see `harness`); the fast ones run with
+//! `cargo nextest run -E 'not test(/kafka/)'`.
+
+mod cli;
+mod harness;
+mod pull_file;
+mod pull_kafka;
+mod smoke;

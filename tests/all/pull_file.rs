@@ -1,0 +1,421 @@
+//! `pull` from files and from the embedded fixture: the snapshot's content, determinism,
+//! windows, bad input, and interruption.
+
+use std::path::Path;
+
+use crate::harness::*;
+
+#[test]
+fn embedded_default_pull_writes_a_complete_deterministic_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["pull", "--out", "a", "--workers", "1"]);
+    assert_exit(&o, 0);
+    assert!(
+        stdout(&o).contains("pulled 16000 messages from embedded"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(dir.path(), &["pull", "--out", "b", "--workers", "2"]);
+    assert_exit(&o, 0);
+    let (a, b) = (
+        read_tree(&dir.path().join("a")),
+        read_tree(&dir.path().join("b")),
+    );
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dataset.json",
+            "quarantine.jsonl",
+            "scaler.json",
+            "test.parquet",
+            "train.parquet",
+            "val.parquet"
+        ]
+    );
+    assert!(a == b, "same input, other thread count: the bytes differ");
+
+    let ds = dataset(&dir.path().join("a"));
+    let counts = &ds["counts"];
+    let rows = counts["rows"].as_u64().unwrap();
+    assert_eq!(
+        counts["messages"].as_u64().unwrap(),
+        rows + counts["duplicates"].as_u64().unwrap() + counts["invalid_total"].as_u64().unwrap()
+    );
+    // The snapshot digest covers every file, and each file's digest is right.
+    for f in ds["files"].as_array().unwrap() {
+        let bytes = std::fs::read(dir.path().join("a").join(f["name"].as_str().unwrap())).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap()
+        );
+    }
+
+    // Chronological split 80/10/10; standardised train features have mean 0, std 1.
+    let train = read_split(&dir.path().join("a/train.parquet"));
+    let val = read_split(&dir.path().join("a/val.parquet"));
+    let test = read_split(&dir.path().join("a/test.parquet"));
+    let n = [train.node_id.len(), val.node_id.len(), test.node_id.len()];
+    assert_eq!(n.iter().sum::<usize>() as u64, rows);
+    assert_eq!(n[0], (rows as f64 * 0.8) as usize);
+    let ts = |s: &Split| s.ints["timestamp_ms"].clone();
+    assert!(ts(&train).windows(2).all(|w| w[0] <= w[1]));
+    assert!(ts(&train).last() <= ts(&val).first() && ts(&val).last() <= ts(&test).first());
+    assert_eq!(
+        &train.columns[..5],
+        [
+            "node_id",
+            "timestamp_ms",
+            "partition",
+            "offset",
+            "power_watts"
+        ]
+    );
+    for name in &train.columns[5..] {
+        let v = &train.floats[name];
+        let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+        let sd =
+            (v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!(
+            m.abs() < 1e-3 && (sd - 1.0).abs() < 1e-3,
+            "{name}: mean {m} std {sd}"
+        );
+    }
+    assert!(
+        train.floats["power_watts"].iter().all(|&p| p > 0.0),
+        "target in raw watts"
+    );
+
+    // The scaler holds raw-unit statistics of the train split.
+    let scaler: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a/scaler.json")).unwrap()).unwrap();
+    let cpu_mean = scaler["mean"][0].as_f64().unwrap();
+    assert!((20.0..80.0).contains(&cpu_mean), "cpu_util mean {cpu_mean}");
+}
+
+#[test]
+fn absent_feature_is_imputed_with_the_training_mean_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &[
+            "generate",
+            "--rows",
+            "3000",
+            "--bad-ratio",
+            "0.05",
+            "--bad-kinds",
+            "missing-feature",
+            "--out",
+            "in.pb",
+        ],
+    );
+    assert_exit(&o, 0);
+    let o = run(
+        dir.path(),
+        &["pull", "--source", "file:in.pb", "--out", "s"],
+    );
+    assert_exit(&o, 0);
+    let ds = dataset(&dir.path().join("s"));
+    let imputed = ds["counts"]["imputed"]["mem_util"].as_u64().unwrap();
+    assert!(imputed > 100, "{imputed}");
+    assert_eq!(
+        ds["counts"]["invalid_total"], 0,
+        "an absent feature is not invalid"
+    );
+    assert_eq!(ds["counts"]["rows"], 3000);
+    // Imputed with the train mean, which the scaler (fit after imputation) maps to 0.
+    let train = read_split(&dir.path().join("s/train.parquet"));
+    let zeros = train.floats["mem_util"]
+        .iter()
+        .filter(|&&v| v.abs() < 1e-6)
+        .count() as u64;
+    let train_imputed = ds["split"]["train"]["imputed"][1].as_u64().unwrap();
+    assert!(
+        zeros >= train_imputed && train_imputed > 0,
+        "{zeros} {train_imputed}"
+    );
+}
+
+#[test]
+fn invalid_ratio_over_the_limit_fails_with_exit_4_and_writes_only_the_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(
+            dir.path(),
+            &[
+                "generate",
+                "--rows",
+                "2000",
+                "--bad-ratio",
+                "0.1",
+                "--bad-kinds",
+                "nan,undecodable",
+                "--out",
+                "in.pb",
+            ],
+        ),
+        0,
+    );
+    let o = run(
+        dir.path(),
+        &["pull", "--source", "file:in.pb", "--out", "s"],
+    );
+    assert_exit(&o, 4);
+    let err = stderr(&o);
+    assert!(
+        err.contains("limit 1.00 %")
+            && err.contains("no snapshot written")
+            && err.contains("s.quarantine.jsonl"),
+        "{err}"
+    );
+    assert!(!dir.path().join("s").exists(), "no snapshot");
+    let q = std::fs::read_to_string(dir.path().join("s.quarantine.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 100);
+    assert!(lines
+        .iter()
+        .all(|l| l["partition"] == 0 && l["offset"].is_i64()));
+    assert!(lines.iter().any(|l| l["reason"] == "undecodable"));
+    assert!(lines
+        .iter()
+        .any(|l| l["reason"] == "non_finite_feature" && l["detail"] == "cpu_util=NaN"));
+    // Raising the limit lets the same data through.
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "file:in.pb",
+            "--out",
+            "s",
+            "--max-invalid-ratio",
+            "0.2",
+        ],
+    );
+    assert_exit(&o, 0);
+}
+
+#[test]
+fn file_windows_select_by_position_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(
+            dir.path(),
+            &["generate", "--rows", "1000", "--out", "in.pb"],
+        ),
+        0,
+    );
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "file:in.pb",
+            "--out",
+            "last",
+            "--window",
+            "last:300",
+        ],
+    );
+    assert_exit(&o, 0);
+    let ds = dataset(&dir.path().join("last"));
+    assert_eq!(ds["counts"]["messages"], 300);
+    assert_eq!(ds["source"]["partitions"][0]["start"], 700);
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "file:in.pb",
+            "--out",
+            "off",
+            "--window",
+            "offsets:100-200",
+        ],
+    );
+    assert_exit(&o, 0);
+    assert_eq!(dataset(&dir.path().join("off"))["counts"]["messages"], 100);
+    // Records are 250 ms apart from 1700000000000: the first 100 s hold 400 of them.
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "file:in.pb",
+            "--out",
+            "t",
+            "--window",
+            "time:2023-11-14T22:13:20Z..1700000100000",
+        ],
+    );
+    assert_exit(&o, 0);
+    let ds = dataset(&dir.path().join("t"));
+    assert_eq!(ds["counts"]["messages"], 400);
+    assert_eq!(ds["counts"]["skipped_outside_window"], 600);
+    // Past the end: a usage error naming the size.
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "file:in.pb",
+            "--out",
+            "x",
+            "--window",
+            "offsets:900-1200",
+        ],
+    );
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("past the end of in.pb (1000 messages)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("x").exists());
+}
+
+#[test]
+fn wrong_path_and_damaged_file_are_clear_errors_that_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &["pull", "--source", "file:nope.pb", "--out", "s"],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("cannot read nope.pb"), "{}", stderr(&o));
+    assert!(!dir.path().join("s").exists());
+
+    assert_exit(
+        &run(dir.path(), &["generate", "--rows", "100", "--out", "in.pb"]),
+        0,
+    );
+    let mut bytes = std::fs::read(dir.path().join("in.pb")).unwrap();
+    bytes.truncate(bytes.len() - 5);
+    std::fs::write(dir.path().join("cut.pb"), &bytes).unwrap();
+    let o = run(
+        dir.path(),
+        &["pull", "--source", "file:cut.pb", "--out", "s"],
+    );
+    assert_exit(&o, 4);
+    assert!(
+        stderr(&o).contains("the last message is cut off"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("s").exists());
+}
+
+#[test]
+fn a_failed_pull_leaves_the_previous_snapshot_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_exit(&run(dir.path(), &["pull", "--out", "s"]), 0);
+    let before = read_tree(&dir.path().join("s"));
+    assert_exit(
+        &run(
+            dir.path(),
+            &[
+                "generate",
+                "--rows",
+                "500",
+                "--bad-ratio",
+                "0.5",
+                "--bad-kinds",
+                "nan",
+                "--out",
+                "bad.pb",
+            ],
+        ),
+        0,
+    );
+    assert_exit(
+        &run(
+            dir.path(),
+            &["pull", "--source", "file:bad.pb", "--out", "s"],
+        ),
+        4,
+    );
+    assert!(
+        before == read_tree(&dir.path().join("s")),
+        "the good snapshot changed"
+    );
+    assert!(dir.path().join("s.quarantine.jsonl").exists());
+    // A folder that is not a snapshot is never replaced.
+    std::fs::create_dir(dir.path().join("mine")).unwrap();
+    std::fs::write(dir.path().join("mine/notes.txt"), "keep").unwrap();
+    let o = run(dir.path(), &["pull", "--out", "mine"]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("is not an emshap-ci snapshot"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("mine/notes.txt")).unwrap(),
+        "keep"
+    );
+}
+
+/// A pull killed half-way (its input is a pipe the test stops feeding) leaves no snapshot,
+/// and the next pull cleans up and succeeds.
+#[test]
+fn a_pull_killed_half_way_leaves_no_snapshot() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(
+            dir.path(),
+            &["generate", "--rows", "4000", "--out", "in.pb"],
+        ),
+        0,
+    );
+    let data = std::fs::read(dir.path().join("in.pb")).unwrap();
+    let fifo = dir.path().join("pipe.pb");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = bin()
+        .args(["pull", "--source", "file:pipe.pb", "--out", "s", "-q"])
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    pipe.write_all(&data[..data.len() / 2]).unwrap();
+    pipe.flush().unwrap();
+    // Wait until the pull has made its staging folder, i.e. it is really half-way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let staging = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".s.staging-"))
+    };
+    while !staging() {
+        assert!(std::time::Instant::now() < deadline, "pull never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pipe);
+    assert!(
+        !dir.path().join("s").exists(),
+        "a killed pull left a snapshot"
+    );
+    assert!(!dir.path().join("s/dataset.json").exists());
+    // The next pull removes the dead one's staging folder and completes.
+    assert_exit(
+        &run(
+            dir.path(),
+            &["pull", "--source", "file:in.pb", "--out", "s", "-q"],
+        ),
+        0,
+    );
+    assert!(!staging(), "stale staging folder left behind");
+    assert!(Path::new(&dir.path().join("s/dataset.json")).exists());
+}

@@ -1,0 +1,45 @@
+"""An independent producer for the Kafka tests: Python's confluent-kafka (librdkafka) and
+Google's protobuf runtime, with FeatureVector compiled from proto/feature_vector.proto by
+grpc_tools. Writes N good messages (cpu_util = i, power_watts = 100 + i), then one with a NaN
+feature and one that is not protobuf at all, keyed by node_id.
+
+usage: produce_fv.py BROKERS TOPIC N PROTO_DIR
+"""
+import importlib, math, os, sys, tempfile
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from grpc_tools import protoc
+
+brokers, topic, n, proto_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+out = tempfile.mkdtemp()
+rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", os.path.join(proto_dir, "feature_vector.proto")])
+assert rc == 0, "protoc failed"
+sys.path.insert(0, out)
+pb = importlib.import_module("feature_vector_pb2")
+
+admin = AdminClient({"bootstrap.servers": brokers})
+for fut in admin.create_topics([NewTopic(topic, 3, 1)]).values():
+    fut.result(30)
+
+failed = []
+p = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+def done(err, msg):
+    if err is not None:
+        failed.append(err)
+
+for i in range(n):
+    fv = pb.FeatureVector(node_id=f"py-{i % 7}", timestamp_ms=1_700_000_000_000 + i * 1000,
+                          power_watts=100.0 + i, schema_version=1)
+    for j, name in enumerate(["cpu_util", "mem_util", "disk_io", "net_io", "gpu_util", "gpu_mem", "temp_cpu",
+                              "temp_gpu", "fan_speed", "voltage", "current", "frequency", "cache_miss",
+                              "cache_hit", "context_switch", "page_fault", "interrupts", "load_avg",
+                              "process_count", "thread_count"]):
+        setattr(fv, name, float(i) if j == 0 else float(i % 13 + j))
+    p.produce(topic, key=fv.node_id.encode(), value=fv.SerializeToString(), on_delivery=done)
+bad = pb.FeatureVector(node_id="py-nan", timestamp_ms=1_700_000_000_000, power_watts=1.0, cpu_util=math.nan)
+p.produce(topic, key=b"py-nan", value=bad.SerializeToString(), on_delivery=done)
+p.produce(topic, key=b"py-garbage", value=b"\x0a\xff\xff\xff not protobuf", on_delivery=done)
+left = p.flush(30)
+assert left == 0 and not failed, f"undelivered: {left}, failed: {failed}"
+print(n + 2)
