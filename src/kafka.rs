@@ -296,7 +296,7 @@ impl TopicReader {
     }
 
     /// Reads every message of `ranges` exactly once, calling `each(partition, offset,
-    /// payload)`; returns when every range is done. Messages past a range's end are
+    /// kafka_timestamp_ms, payload)`; returns when every range is done. Messages past a range's end are
     /// ignored, so the read terminates however much is produced meanwhile. `lows` are the
     /// partitions' low watermarks (same order as `ranges`).
     ///
@@ -309,7 +309,7 @@ impl TopicReader {
         &self,
         ranges: &[PartitionRange],
         lows: &[i64],
-        mut each: impl FnMut(i32, i64, &[u8]) -> Result<()>,
+        mut each: impl FnMut(i32, i64, Option<i64>, &[u8]) -> Result<()>,
     ) -> Result<()> {
         struct Slot {
             partition: i32,
@@ -442,7 +442,12 @@ impl TopicReader {
                 continue;
             }
             slot.next = off + 1;
-            each(p, off, m.payload().unwrap_or(&[]))?;
+            each(
+                p,
+                off,
+                m.timestamp().to_millis(),
+                m.payload().unwrap_or(&[]),
+            )?;
             if slot.next >= slot.end {
                 slot.done = true;
                 remaining -= 1;

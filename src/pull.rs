@@ -145,7 +145,7 @@ pub struct Counts {
     pub max_invalid_ratio: f64,
     /// Rows per feature where the value was absent and imputed with the training mean.
     pub imputed: BTreeMap<String, u64>,
-    /// File sources with a time window: records outside it (not read, not invalid).
+    /// Time windows: messages scanned whose timestamps lie outside it (not invalid).
     pub skipped_outside_window: u64,
 }
 
@@ -582,43 +582,84 @@ fn read_kafka(
     let total: u64 = ranges.iter().map(|r| r.len()).sum();
     progress.set_total(total, "messages");
     let time = settings.window.time_bounds();
-    let cols = decode_parallel(settings, time, |tx| {
+    // Per partition: the first and one past the last offset taken into the window.
+    let mut taken: Vec<(i32, i64, i64)> = ranges
+        .iter()
+        .map(|r| (r.partition, i64::MAX, i64::MIN))
+        .collect();
+    let mut skipped = 0u64;
+    let lows: Vec<i64> = ranges
+        .iter()
+        .map(|r| {
+            marks[partitions
+                .iter()
+                .position(|&q| q == r.partition)
+                .unwrap_or(0)]
+            .0
+        })
+        .collect();
+    let mut cols = decode_parallel(settings, time, |tx| {
         let mut batch = Batch::default();
-        let lows: Vec<i64> = ranges
-            .iter()
-            .map(|r| {
-                marks[partitions
-                    .iter()
-                    .position(|&q| q == r.partition)
-                    .unwrap_or(0)]
-                .0
-            })
-            .collect();
-        reader.read(&ranges, &lows, |p, o, payload| {
+        let mut unreported = 0u64;
+        reader.read(&ranges, &lows, |p, o, ts, payload| {
+            unreported += 1;
+            if unreported == BATCH as u64 {
+                progress.inc(unreported);
+                unreported = 0;
+            }
+            // A time window selects by the broker's timestamp; the scan may start early
+            // (brokers may answer time look-ups per batch) and runs to the end fixed at start.
+            if let (Some((from, to)), Some(ts)) = (time, ts) {
+                if ts < from || ts >= to {
+                    skipped += 1;
+                    return Ok(());
+                }
+            }
+            if let Some(t) = taken.iter_mut().find(|t| t.0 == p) {
+                t.1 = t.1.min(o);
+                t.2 = t.2.max(o + 1);
+            }
             let start = batch.data.len() as u32;
             batch.data.extend_from_slice(payload);
             batch.msgs.push((p, o, start, payload.len() as u32));
             if batch.msgs.len() >= BATCH {
-                progress.inc(batch.msgs.len() as u64);
                 let full = std::mem::take(&mut batch);
                 tx.send(full)
                     .map_err(|_| Error::Internal(anyhow::anyhow!("decoders stopped")))?;
             }
             Ok(())
         })?;
-        progress.inc(batch.msgs.len() as u64);
+        progress.inc(unreported);
         if !batch.msgs.is_empty() {
             let _ = tx.send(batch);
         }
         Ok(())
     })?;
+    // For time windows the lineage names the offsets actually in the window, so the same
+    // window pulled later (after more data arrived) describes itself the same way.
+    let partitions_info = if time.is_some() {
+        cols.skipped = skipped;
+        taken
+            .into_iter()
+            .map(|(p, a, b)| {
+                let (start, end) = if a <= b { (a, b) } else { (0, 0) };
+                PartitionRange {
+                    partition: p,
+                    start,
+                    end,
+                }
+            })
+            .collect()
+    } else {
+        ranges
+    };
     Ok((
         cols,
         SourceInfo {
             kind: "kafka".into(),
             name: topic.to_string(),
             window: settings.window.to_string(),
-            partitions: ranges,
+            partitions: partitions_info,
         },
         reader,
     ))
@@ -693,17 +734,17 @@ fn resolve_ranges(
                 });
             }
         }
-        Window::Time { from_ms, to_ms } => {
+        Window::Time { from_ms, .. } => {
+            // Scan from the first offset at or after FROM to the end fixed now; messages are
+            // then taken by their timestamps (see read_kafka).
             let starts = reader.offsets_for_time(partitions, *from_ms)?;
-            let ends = reader.offsets_for_time(partitions, *to_ms)?;
             for (k, &p) in partitions.iter().enumerate() {
                 let (low, high) = marks[k];
                 let start = starts[k].unwrap_or(high).clamp(low, high);
-                let end = ends[k].unwrap_or(high).clamp(start, high);
                 out.push(PartitionRange {
                     partition: p,
                     start,
-                    end,
+                    end: high,
                 });
             }
         }
