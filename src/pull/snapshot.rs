@@ -198,7 +198,7 @@ pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
     // Imputation means: observed training values.
     let train_rows = &keep[..n_train];
     let mut impute = vec![0f64; d];
-    for j in 0..d {
+    for (j, slot) in impute.iter_mut().enumerate() {
         let (mut sum, mut count) = (0f64, 0u64);
         for &i in train_rows {
             let v = cols.values[i as usize * d + j];
@@ -213,7 +213,7 @@ pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
                 spec.features[j]
             )));
         }
-        impute[j] = sum / count as f64;
+        *slot = sum / count as f64;
     }
 
     let stats = feature_stats(&cols, &keep, &spec.features);

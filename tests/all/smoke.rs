@@ -4,6 +4,7 @@
 use emshap_ci::proto::onnx;
 use prost::Message;
 
+#[cfg(feature = "torch")]
 #[test]
 fn libtorch_computes() {
     let (msg, _cuda) = emshap_ci::native::torch_info();

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: sets up everything (scripts/setup.sh --test), then format check,
+# clippy with warnings as errors, and every test, including those against a real Kafka
+# broker (Tansu, started and stopped by the tests on 127.0.0.1).
+#
+#   scripts/test.sh            everything (what CI runs)
+#   scripts/test.sh --fast     skip the broker tests (names containing "kafka")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fast=0
+[ "${1:-}" = "--fast" ] && fast=1
+env_file=$(scripts/setup.sh --test)
+# shellcheck disable=SC1090
+source "$env_file"
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+filter=()
+[ "$fast" = 1 ] && filter=(-E 'not test(/kafka/)')
+cargo nextest run --locked --no-fail-fast "${filter[@]}"
