@@ -197,6 +197,10 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         }
     };
     progress.finish();
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "read and decoded"
+    );
 
     let messages = cols.messages;
     if messages == 0 {
@@ -245,26 +249,54 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         val: settings.val_fraction,
         scaler,
     };
-    let built = snapshot::build(cols, &spec)?;
+    let t = Instant::now();
+    let mut cols = cols;
+    let plan = snapshot::plan(&mut cols, &spec)?;
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        "deduplicated, split, scaled"
+    );
+    let t = Instant::now();
 
-    // Files, then the lineage that names their digests, then the move into place.
-    let mut files = Vec::new();
-    for (name, table) in &built.splits {
-        let path = staging.dir.join(format!("{name}.parquet"));
-        snapshot::write_parquet(&path, table, spec.features.as_slice())?;
-        files.push(snapshot::sha256_file(&path)?);
-    }
+    // The split files, written in parallel (train is 80 % of the rows; val and test share
+    // the other thread), then the small files, then the lineage naming all their digests.
+    let write = |k: usize| {
+        let (a, b) = plan.ranges[k];
+        let path = staging.dir.join(format!("{}.parquet", snapshot::SPLITS[k]));
+        snapshot::write_split(
+            &path,
+            &cols,
+            &plan.order[a..b],
+            &plan,
+            spec.features.as_slice(),
+        )
+    };
+    let written: Vec<Result<snapshot::FileInfo>> = std::thread::scope(|s| {
+        let train = s.spawn(|| write(0));
+        let rest = [write(1), write(2)];
+        let panicked = || Err(Error::Internal(anyhow::anyhow!("writer thread panicked")));
+        let mut out = vec![train.join().unwrap_or_else(|_| panicked())];
+        out.extend(rest);
+        out
+    });
+    let mut files = written.into_iter().collect::<Result<Vec<_>>>()?;
     let scaler_path = staging.dir.join(snapshot::SCALER_FILE);
     let scaler_json =
-        serde_json::to_vec_pretty(&built.scaler).map_err(|e| Error::Internal(e.into()))?;
+        serde_json::to_vec_pretty(&plan.scaler).map_err(|e| Error::Internal(e.into()))?;
     snapshot::write_atomic(&scaler_path, &scaler_json)?;
     let scaler_file = snapshot::sha256_file(&scaler_path)?;
     files.push(scaler_file.clone());
     let qpath = staging.dir.join(snapshot::QUARANTINE_FILE);
-    snapshot::write_quarantine(&qpath, &built.quarantine, &topic_name)?;
+    snapshot::write_quarantine(&qpath, &plan.quarantine, &topic_name)?;
     files.push(snapshot::sha256_file(&qpath)?);
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let digest = snapshot::snapshot_digest(&files);
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        "wrote and hashed the files"
+    );
+    drop(cols);
+    let built = plan;
 
     let rows: u64 = built.split_info.iter().map(|(_, s)| s.rows).sum();
     let mut imputed = BTreeMap::new();

@@ -100,9 +100,15 @@ pub struct FileInfo {
     pub sha256: String,
 }
 
-/// The snapshot built in memory: split tables and their description.
-pub struct Built {
-    pub splits: Vec<(String, Table)>,
+/// The snapshot decided in memory: which rows, in what order, in which split, and the
+/// scaler. The split files are written from it straight out of the columns, a row group at
+/// a time, so no second copy of the data is ever held.
+pub struct Plan {
+    /// Indices into the columns, in chronological order; splits are consecutive ranges.
+    pub order: Vec<u32>,
+    pub ranges: [(usize, usize); 3],
+    /// Per feature, the training mean that replaces an absent value.
+    pub impute: Vec<f64>,
     pub scaler: Scaler,
     pub split_info: Vec<(String, SplitInfo)>,
     pub stats: Vec<FeatureStats>,
@@ -110,19 +116,8 @@ pub struct Built {
     pub quarantine: Vec<Quarantined>,
 }
 
-/// One split's rows, in chronological order.
-pub struct Table {
-    pub node_id: Vec<String>,
-    pub timestamp: Vec<i64>,
-    pub partition: Vec<i32>,
-    pub offset: Vec<i64>,
-    pub power: Vec<f32>,
-    /// Column-major standardised features.
-    pub features: Vec<Vec<f32>>,
-}
-
-/// Deduplicates, orders, splits, imputes and scales. Consumes the columns.
-pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
+/// Orders, deduplicates, splits, and fits the imputation and the scaler.
+pub fn plan(cols: &mut Columns, spec: &SnapshotSpec) -> Result<Plan> {
     let d = cols.d;
     // Canonical node order: by name, so worker interleaving cannot change anything.
     let mut by_name: Vec<u32> = (0..cols.node_names.len() as u32).collect();
@@ -133,51 +128,47 @@ pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
         rank[n as usize] = r as u32;
     }
 
-    // Duplicates on (node_id, timestamp_ms): keep the last seen, i.e. the highest
-    // (partition, offset), which is what any consumer reading in offset order sees last.
+    // One sort gives both the chronological order and the duplicates: (timestamp, node)
+    // groups are adjacent. Within a group the order is (partition, offset), fixed below,
+    // so the last one seen is last.
     let n = cols.rows();
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    let key = |i: u32| {
-        let i = i as usize;
-        (
-            rank[cols.node[i] as usize],
-            cols.timestamp[i],
-            cols.partition[i],
-            cols.offset[i],
-        )
-    };
-    idx.sort_unstable_by_key(|&i| key(i));
-    let mut keep: Vec<u32> = Vec::with_capacity(n);
+    let mut keys: Vec<(i64, u32, u32)> = (0..n)
+        .map(|i| (cols.timestamp[i], rank[cols.node[i] as usize], i as u32))
+        .collect();
+    keys.sort_unstable();
+    let mut order: Vec<u32> = Vec::with_capacity(n);
     let mut duplicates = 0u64;
-    for w in 0..idx.len() {
-        let i = idx[w] as usize;
-        let superseded = idx.get(w + 1).is_some_and(|&j| {
-            let j = j as usize;
-            cols.node[j] == cols.node[i] && cols.timestamp[j] == cols.timestamp[i]
-        });
-        if superseded {
-            duplicates += 1;
-            cols.quarantined.push(Quarantined {
-                partition: cols.partition[i],
-                offset: cols.offset[i],
-                reason: Reason::Duplicate,
-                detail: "superseded by a later record with the same node_id and timestamp_ms"
-                    .into(),
-                node_id: Some(cols.node_names[cols.node[i] as usize].clone()),
-                timestamp_ms: Some(cols.timestamp[i]),
-            });
-        } else {
-            keep.push(idx[w]);
+    let mut g = 0;
+    while g < keys.len() {
+        let mut h = g + 1;
+        while h < keys.len() && keys[h].0 == keys[g].0 && keys[h].1 == keys[g].1 {
+            h += 1;
         }
+        if h - g > 1 {
+            let group = &mut keys[g..h];
+            group.sort_unstable_by_key(|k| {
+                (cols.partition[k.2 as usize], cols.offset[k.2 as usize])
+            });
+            for k in &group[..group.len() - 1] {
+                let i = k.2 as usize;
+                duplicates += 1;
+                cols.quarantined.push(Quarantined {
+                    partition: cols.partition[i],
+                    offset: cols.offset[i],
+                    reason: Reason::Duplicate,
+                    detail: "superseded by a later record with the same node_id and timestamp_ms"
+                        .into(),
+                    node_id: Some(cols.node_names[cols.node[i] as usize].clone()),
+                    timestamp_ms: Some(cols.timestamp[i]),
+                });
+            }
+        }
+        order.push(keys[h - 1].2);
+        g = h;
     }
-    drop(idx);
-    // Chronological order; ties broken by node name, then position in the log.
-    keep.sort_unstable_by_key(|&i| {
-        let (r, t, p, o) = key(i);
-        (t, r, p, o)
-    });
+    drop(keys);
 
-    let rows = keep.len();
+    let rows = order.len();
     let n_train = (rows as f64 * spec.train).floor() as usize;
     let n_val = ((rows as f64 * (spec.train + spec.val)).floor() as usize).max(n_train) - n_train;
     let n_test = rows - n_train - n_val;
@@ -195,28 +186,102 @@ pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
         (n_train + n_val, rows),
     ];
 
-    // Imputation means: observed training values.
-    let train_rows = &keep[..n_train];
-    let mut impute = vec![0f64; d];
-    for (j, slot) in impute.iter_mut().enumerate() {
-        let (mut sum, mut count) = (0f64, 0u64);
-        for &i in train_rows {
-            let v = cols.values[i as usize * d + j];
-            if !v.is_nan() {
-                sum += f64::from(v);
-                count += 1;
+    // Pass 1, row by row (the values are row-major): observed sums for the training means,
+    // and count/sum/min/max over every row for the statistics; absent values per split.
+    let mut train_sum = vec![0f64; d];
+    let mut train_obs = vec![0u64; d];
+    let mut all_sum = vec![0f64; d];
+    let mut all_obs = vec![0u64; d];
+    let mut min = vec![f64::INFINITY; d];
+    let mut max = vec![f64::NEG_INFINITY; d];
+    let mut absent = [vec![0u64; d], vec![0u64; d], vec![0u64; d]];
+    for (split, &(a, b)) in ranges.iter().enumerate() {
+        for &i in &order[a..b] {
+            let row = &cols.values[i as usize * d..(i as usize + 1) * d];
+            for (j, &v) in row.iter().enumerate() {
+                if v.is_nan() {
+                    absent[split][j] += 1;
+                    continue;
+                }
+                let v = f64::from(v);
+                all_sum[j] += v;
+                all_obs[j] += 1;
+                min[j] = min[j].min(v);
+                max[j] = max[j].max(v);
+                if split == 0 {
+                    train_sum[j] += v;
+                    train_obs[j] += 1;
+                }
             }
         }
-        if count == 0 {
+    }
+    let mut impute = vec![0f64; d];
+    for j in 0..d {
+        if train_obs[j] == 0 {
             return Err(Error::data(format!(
                 "feature '{}' is absent in every training row (deselect it with --features)",
                 spec.features[j]
             )));
         }
-        *slot = sum / count as f64;
+        impute[j] = train_sum[j] / train_obs[j] as f64;
     }
+    let all_mean: Vec<f64> = (0..d)
+        .map(|j| {
+            if all_obs[j] > 0 {
+                all_sum[j] / all_obs[j] as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
 
-    let stats = feature_stats(&cols, &keep, &spec.features);
+    // Pass 2: spreads around those means, and the histograms.
+    let mut train_sq = vec![0f64; d];
+    let mut all_sq = vec![0f64; d];
+    let mut histogram = vec![vec![0u64; HIST_BINS]; d];
+    let width: Vec<f64> = (0..d)
+        .map(|j| (max[j] - min[j]) / HIST_BINS as f64)
+        .collect();
+    for (split, &(a, b)) in ranges.iter().enumerate() {
+        for &i in &order[a..b] {
+            let row = &cols.values[i as usize * d..(i as usize + 1) * d];
+            for (j, &v) in row.iter().enumerate() {
+                if v.is_nan() {
+                    continue;
+                }
+                let v = f64::from(v);
+                all_sq[j] += (v - all_mean[j]).powi(2);
+                if split == 0 {
+                    train_sq[j] += (v - impute[j]).powi(2);
+                }
+                let bin = if width[j] > 0.0 {
+                    (((v - min[j]) / width[j]) as usize).min(HIST_BINS - 1)
+                } else {
+                    0
+                };
+                histogram[j][bin] += 1;
+            }
+        }
+    }
+    let stats = (0..d)
+        .map(|j| {
+            let seen = all_obs[j] > 0;
+            FeatureStats {
+                name: spec.features[j].clone(),
+                count: all_obs[j],
+                missing: rows as u64 - all_obs[j],
+                mean: all_mean[j],
+                std: if seen {
+                    (all_sq[j] / all_obs[j] as f64).sqrt()
+                } else {
+                    0.0
+                },
+                min: if seen { min[j] } else { 0.0 },
+                max: if seen { max[j] } else { 0.0 },
+                histogram: std::mem::take(&mut histogram[j]),
+            }
+        })
+        .collect();
 
     let scaler = match &spec.scaler {
         Some(s) => {
@@ -232,84 +297,49 @@ pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
             }
             s.clone()
         }
-        None => {
-            // Fit after imputation, as a scikit-learn pipeline would.
-            let mut mean = vec![0f64; d];
-            let mut std = vec![0f64; d];
-            for j in 0..d {
-                let val = |i: u32| {
-                    let v = cols.values[i as usize * d + j];
-                    if v.is_nan() {
-                        impute[j]
+        // Fit after imputation, as a scikit-learn pipeline would: the mean is the
+        // imputation mean, and imputed values add nothing to the spread.
+        None => Scaler {
+            features: spec.features.clone(),
+            mean: impute.clone(),
+            std: (0..d)
+                .map(|j| {
+                    let sd = (train_sq[j] / n_train as f64).sqrt();
+                    // A constant feature scales by 1, so it stays finite.
+                    if sd > 1e-12 {
+                        sd
                     } else {
-                        f64::from(v)
+                        1.0
                     }
-                };
-                let m = train_rows.iter().map(|&i| val(i)).sum::<f64>() / n_train as f64;
-                let var = train_rows
-                    .iter()
-                    .map(|&i| (val(i) - m).powi(2))
-                    .sum::<f64>()
-                    / n_train as f64;
-                mean[j] = m;
-                // A constant feature scales by 1, so it stays finite (scikit-learn does too).
-                std[j] = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
-            }
-            Scaler {
-                features: spec.features.clone(),
-                mean,
-                std,
-                fitted_on: "train".into(),
-                rows: n_train as u64,
-            }
-        }
+                })
+                .collect(),
+            fitted_on: "train".into(),
+            rows: n_train as u64,
+        },
     };
 
-    let mut splits = Vec::new();
-    let mut split_info = Vec::new();
-    for (name, (a, b)) in SPLITS.iter().zip(ranges) {
-        let part = &keep[a..b];
-        let mut imputed = vec![0u64; d];
-        let mut features = vec![Vec::with_capacity(part.len()); d];
-        for &i in part {
-            let row = &cols.values[i as usize * d..(i as usize + 1) * d];
-            for j in 0..d {
-                let raw = if row[j].is_nan() {
-                    imputed[j] += 1;
-                    impute[j]
-                } else {
-                    f64::from(row[j])
-                };
-                features[j].push(((raw - scaler.mean[j]) / scaler.std[j]) as f32);
-            }
-        }
-        let table = Table {
-            node_id: part
-                .iter()
-                .map(|&i| cols.node_names[cols.node[i as usize] as usize].clone())
-                .collect(),
-            timestamp: part.iter().map(|&i| cols.timestamp[i as usize]).collect(),
-            partition: part.iter().map(|&i| cols.partition[i as usize]).collect(),
-            offset: part.iter().map(|&i| cols.offset[i as usize]).collect(),
-            power: part.iter().map(|&i| cols.power[i as usize]).collect(),
-            features,
-        };
-        split_info.push((
-            name.to_string(),
-            SplitInfo {
-                rows: part.len() as u64,
-                first_timestamp_ms: table.timestamp.first().copied(),
-                last_timestamp_ms: table.timestamp.last().copied(),
-                imputed,
-            },
-        ));
-        splits.push((name.to_string(), table));
-    }
-
+    let split_info = SPLITS
+        .iter()
+        .zip(ranges)
+        .zip(absent)
+        .map(|((name, (a, b)), imputed)| {
+            (
+                name.to_string(),
+                SplitInfo {
+                    rows: (b - a) as u64,
+                    first_timestamp_ms: order.get(a).map(|&i| cols.timestamp[i as usize]),
+                    last_timestamp_ms: order[a..b].last().map(|&i| cols.timestamp[i as usize]),
+                    imputed,
+                },
+            )
+        })
+        .collect();
     let mut quarantine = std::mem::take(&mut cols.quarantined);
     quarantine.sort_by_key(|q| (q.partition, q.offset));
-    Ok(Built {
-        splits,
+    Ok(Plan {
+        order,
+        ranges,
+        impute,
         scaler,
         split_info,
         stats,
@@ -318,58 +348,36 @@ pub fn build(mut cols: Columns, spec: &SnapshotSpec) -> Result<Built> {
     })
 }
 
-fn feature_stats(cols: &Columns, keep: &[u32], names: &[String]) -> Vec<FeatureStats> {
-    let d = cols.d;
-    (0..d)
-        .map(|j| {
-            let vals = keep
-                .iter()
-                .map(|&i| cols.values[i as usize * d + j])
-                .filter(|v| !v.is_nan())
-                .map(f64::from);
-            let (mut count, mut sum, mut min, mut max) =
-                (0u64, 0f64, f64::INFINITY, f64::NEG_INFINITY);
-            for v in vals.clone() {
-                count += 1;
-                sum += v;
-                min = min.min(v);
-                max = max.max(v);
-            }
-            let mean = if count > 0 { sum / count as f64 } else { 0.0 };
-            let var = if count > 0 {
-                vals.clone().map(|v| (v - mean).powi(2)).sum::<f64>() / count as f64
-            } else {
-                0.0
-            };
-            let mut histogram = vec![0u64; HIST_BINS];
-            if count > 0 {
-                let width = (max - min) / HIST_BINS as f64;
-                for v in vals {
-                    let b = if width > 0.0 {
-                        (((v - min) / width) as usize).min(HIST_BINS - 1)
-                    } else {
-                        0
-                    };
-                    histogram[b] += 1;
-                }
-            }
-            FeatureStats {
-                name: names[j].clone(),
-                count,
-                missing: keep.len() as u64 - count,
-                mean,
-                std: var.sqrt(),
-                min: if count > 0 { min } else { 0.0 },
-                max: if count > 0 { max } else { 0.0 },
-                histogram,
-            }
-        })
-        .collect()
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
 }
 
-/// Writes one split as Parquet: node_id, timestamp_ms, partition, offset, power_watts
-/// (raw watts), then the standardised features.
-pub fn write_parquet(path: &Path, table: &Table, features: &[String]) -> Result<()> {
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes one split as Parquet — node_id, timestamp_ms, partition, offset, power_watts
+/// (raw watts), then the standardised features (absent ones imputed) — building each row
+/// group straight from the columns. Returns the file's size and sha256.
+pub fn write_split(
+    path: &Path,
+    cols: &Columns,
+    rows: &[u32],
+    plan: &Plan,
+    features: &[String],
+) -> Result<FileInfo> {
+    let d = cols.d;
     let mut fields = vec![
         Field::new("node_id", DataType::Utf8, false),
         Field::new("timestamp_ms", DataType::Int64, false),
@@ -384,45 +392,87 @@ pub fn write_parquet(path: &Path, table: &Table, features: &[String]) -> Result<
     );
     let schema = Arc::new(Schema::new(fields));
     let file = File::create(path).map_err(|e| Error::write(path, e))?;
+    // Floats have ~no repeated values: dictionary pages would be tried and thrown away.
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_dictionary_enabled(false)
+        .set_column_dictionary_enabled("node_id".into(), true)
         .set_max_row_group_row_count(Some(ROW_GROUP))
         .set_created_by(format!("emshap-ci {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let mut writer = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props))
-        .map_err(|e| Error::Internal(e.into()))?;
-    let n = table.power.len();
-    let mut start = 0;
-    while start < n || (n == 0 && start == 0) {
-        let end = (start + ROW_GROUP).min(n);
+    let sink = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    let internal = |e: parquet::errors::ParquetError| Error::Internal(e.into());
+    let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(internal)?;
+    let scale: Vec<(f64, f64)> = (0..d)
+        .map(|j| (plan.scaler.mean[j], plan.scaler.std[j]))
+        .collect();
+    let mut chunks = rows.chunks(ROW_GROUP).peekable();
+    if chunks.peek().is_none() {
+        let empty = RecordBatch::new_empty(schema.clone());
+        writer.write(&empty).map_err(internal)?;
+    }
+    let mut feat = vec![Vec::<f32>::new(); d];
+    for chunk in chunks {
+        for f in feat.iter_mut() {
+            f.clear();
+            f.reserve(chunk.len());
+        }
+        for &i in chunk {
+            let row = &cols.values[i as usize * d..(i as usize + 1) * d];
+            for (j, &v) in row.iter().enumerate() {
+                let raw = if v.is_nan() {
+                    plan.impute[j]
+                } else {
+                    f64::from(v)
+                };
+                feat[j].push(((raw - scale[j].0) / scale[j].1) as f32);
+            }
+        }
+        let at = |i: &u32| *i as usize;
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(
-                table.node_id[start..end].iter(),
+                chunk
+                    .iter()
+                    .map(|i| cols.node_names[cols.node[at(i)] as usize].as_str()),
             )),
-            Arc::new(Int64Array::from(table.timestamp[start..end].to_vec())),
-            Arc::new(Int32Array::from(table.partition[start..end].to_vec())),
-            Arc::new(Int64Array::from(table.offset[start..end].to_vec())),
-            Arc::new(Float32Array::from(table.power[start..end].to_vec())),
+            Arc::new(Int64Array::from_iter_values(
+                chunk.iter().map(|i| cols.timestamp[at(i)]),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                chunk.iter().map(|i| cols.partition[at(i)]),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                chunk.iter().map(|i| cols.offset[at(i)]),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                chunk.iter().map(|i| cols.power[at(i)]),
+            )),
         ];
-        for col in &table.features {
-            arrays.push(Arc::new(Float32Array::from(col[start..end].to_vec())));
+        for f in &feat {
+            arrays.push(Arc::new(Float32Array::from(f.clone())));
         }
         let batch =
             RecordBatch::try_new(schema.clone(), arrays).map_err(|e| Error::Internal(e.into()))?;
-        writer
-            .write(&batch)
-            .map_err(|e| Error::Internal(e.into()))?;
-        if n == 0 {
-            break;
-        }
-        start = end;
+        writer.write(&batch).map_err(internal)?;
     }
-    let inner = writer.into_inner().map_err(|e| Error::Internal(e.into()))?;
+    let sink = writer.into_inner().map_err(internal)?;
+    let Hashing { inner, hash, bytes } = sink;
     let file = inner
         .into_inner()
         .map_err(|e| Error::write(path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::write(path, e))?;
-    Ok(())
+    Ok(FileInfo {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        bytes,
+        sha256: hex::encode(hash.finalize()),
+    })
 }
 
 /// Writes quarantined records as JSON lines.
