@@ -100,8 +100,7 @@ impl TopicReader {
         .set("auto.offset.reset", "error")
         .set("allow.auto.create.topics", "false")
         .set("fetch.wait.max.ms", "5")
-        .set("fetch.queue.backoff.ms", "0")
-        .set("queued.max.messages.kbytes", "262144");
+        .set("fetch.queue.backoff.ms", "0");
         let consumer: BaseConsumer = c
             .create()
             .map_err(|e| config.client_err("cannot create consumer", e))?;

@@ -404,14 +404,26 @@ fn decode_parallel(
         drop(rx);
         let res = read(&tx);
         drop(tx);
-        let mut all = Columns::new(settings.features.len());
+        let mut parts = Vec::with_capacity(handles.len());
         for h in handles {
-            all.append(
+            parts.push(
                 h.join()
                     .map_err(|_| Error::Internal(anyhow::anyhow!("decoder thread panicked")))?,
             );
         }
-        res.map(|_| all)
+        res?;
+        // Grow the largest part in place rather than copying every part into a new one:
+        // the peak is the data plus the smaller parts, not twice the data.
+        let largest = (0..parts.len())
+            .max_by_key(|&k| parts[k].rows())
+            .unwrap_or(0);
+        let mut all = parts.swap_remove(largest);
+        let extra: usize = parts.iter().map(|p| p.rows()).sum();
+        all.reserve_exact(extra);
+        for p in parts {
+            all.append(p);
+        }
+        Ok(all)
     })
 }
 

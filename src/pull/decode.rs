@@ -214,6 +214,16 @@ impl Columns {
         self.power.len()
     }
 
+    /// Makes room for `rows` more rows, exactly.
+    pub fn reserve_exact(&mut self, rows: usize) {
+        self.values.reserve_exact(rows * self.d);
+        self.power.reserve_exact(rows);
+        self.timestamp.reserve_exact(rows);
+        self.node.reserve_exact(rows);
+        self.partition.reserve_exact(rows);
+        self.offset.reserve_exact(rows);
+    }
+
     /// Appends another worker's columns, re-numbering its node ids.
     pub fn append(&mut self, other: Columns) {
         let remap: Vec<u32> = other
