@@ -181,10 +181,9 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
     // Check the destination before any slow work.
     let staging = Staging::new(&settings.out)?;
 
-    let (cols, source_info, reader) = match &settings.source {
+    let (mut cols, source_info, reader) = match &settings.source {
         Source::Embedded => {
-            let input = Input::Embedded;
-            let (cols, info) = read_file(&input, settings, progress)?;
+            let (cols, info) = read_file(&Input::Embedded, settings, progress)?;
             (cols, info, None)
         }
         Source::File(path) => {
@@ -218,30 +217,10 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
     }
     let invalid_total: u64 = invalid.values().sum();
     let invalid_ratio = invalid_total as f64 / messages as f64;
-    let topic_name = source_info.name.clone();
     if invalid_ratio > settings.max_invalid_ratio {
-        let path = settings
-            .quarantine
-            .clone()
-            .unwrap_or_else(|| sibling(&settings.out, ".quarantine.jsonl"));
-        let mut q = cols.quarantined;
-        q.sort_by_key(|q| (q.partition, q.offset));
-        snapshot::write_quarantine(&path, &q, &topic_name)?;
-        let by: Vec<String> = invalid
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        return Err(Error::data(format!(
-            "{invalid_total} of {messages} messages invalid ({:.2} %, limit {:.2} %: {}); no snapshot written, records in {} (fix the producer, or raise --max-invalid-ratio)",
-            invalid_ratio * 100.0,
-            settings.max_invalid_ratio * 100.0,
-            by.join(", "),
-            path.display()
-        )));
+        return Err(reject(settings, cols, &invalid, &source_info.name));
     }
     let valid = cols.rows() as u64;
-    let skipped = cols.skipped;
 
     let spec = SnapshotSpec {
         features: settings.features.names().to_vec(),
@@ -250,60 +229,31 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         scaler,
     };
     let t = Instant::now();
-    let mut cols = cols;
     let plan = snapshot::plan(&mut cols, &spec)?;
     tracing::info!(
         seconds = t.elapsed().as_secs_f64(),
         "deduplicated, split, scaled"
     );
     let t = Instant::now();
-
-    // The split files, written in parallel (train is 80 % of the rows; val and test share
-    // the other thread), then the small files, then the lineage naming all their digests.
-    let write = |k: usize| {
-        let (a, b) = plan.ranges[k];
-        let path = staging.dir.join(format!("{}.parquet", snapshot::SPLITS[k]));
-        snapshot::write_split(
-            &path,
-            &cols,
-            &plan.order[a..b],
-            &plan,
-            spec.features.as_slice(),
-        )
-    };
-    let written: Vec<Result<snapshot::FileInfo>> = std::thread::scope(|s| {
-        let train = s.spawn(|| write(0));
-        let rest = [write(1), write(2)];
-        let panicked = || Err(Error::Internal(anyhow::anyhow!("writer thread panicked")));
-        let mut out = vec![train.join().unwrap_or_else(|_| panicked())];
-        out.extend(rest);
-        out
-    });
-    let mut files = written.into_iter().collect::<Result<Vec<_>>>()?;
-    let scaler_path = staging.dir.join(snapshot::SCALER_FILE);
-    let scaler_json =
-        serde_json::to_vec_pretty(&plan.scaler).map_err(|e| Error::Internal(e.into()))?;
-    snapshot::write_atomic(&scaler_path, &scaler_json)?;
-    let scaler_file = snapshot::sha256_file(&scaler_path)?;
-    files.push(scaler_file.clone());
-    let qpath = staging.dir.join(snapshot::QUARANTINE_FILE);
-    snapshot::write_quarantine(&qpath, &plan.quarantine, &topic_name)?;
-    files.push(snapshot::sha256_file(&qpath)?);
-    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let (files, scaler_file) = write_files(&staging.dir, &cols, &plan, &spec, &source_info.name)?;
     let digest = snapshot::snapshot_digest(&files);
     tracing::info!(
         seconds = t.elapsed().as_secs_f64(),
         "wrote and hashed the files"
     );
-    drop(cols);
-    let built = plan;
 
-    let rows: u64 = built.split_info.iter().map(|(_, s)| s.rows).sum();
-    let mut imputed = BTreeMap::new();
-    for (j, name) in spec.features.iter().enumerate() {
-        let n: u64 = built.split_info.iter().map(|(_, s)| s.imputed[j]).sum();
-        imputed.insert(name.clone(), n);
-    }
+    let rows: u64 = plan.split_info.iter().map(|(_, s)| s.rows).sum();
+    let imputed = spec
+        .features
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            (
+                name.clone(),
+                plan.split_info.iter().map(|(_, s)| s.imputed[j]).sum(),
+            )
+        })
+        .collect();
     let dataset = Dataset {
         format: "emshap-ci.dataset/1".into(),
         source: source_info,
@@ -312,16 +262,16 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         counts: Counts {
             messages,
             valid,
-            duplicates: built.duplicates,
+            duplicates: plan.duplicates,
             rows,
             invalid: invalid.clone(),
             invalid_total,
             invalid_ratio,
             max_invalid_ratio: settings.max_invalid_ratio,
             imputed,
-            skipped_outside_window: skipped,
+            skipped_outside_window: cols.skipped,
         },
-        split: built.split_info.into_iter().collect(),
+        split: plan.split_info.into_iter().collect(),
         scaler: ScalerInfo {
             file: snapshot::SCALER_FILE.into(),
             sha256: scaler_file.sha256,
@@ -330,7 +280,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
                 ScalerMode::Reuse(_) => "reuse".into(),
             },
         },
-        feature_stats: built.stats,
+        feature_stats: plan.stats,
         files,
         snapshot_sha256: digest.clone(),
     };
@@ -357,6 +307,76 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         seconds,
         messages_per_s: messages as f64 / seconds.max(1e-9),
     })
+}
+
+/// The data-quality gate failed: the quarantine goes beside the snapshot (which is not
+/// written, and an older one at `--out` stays as it was).
+fn reject(
+    settings: &PullSettings,
+    cols: Columns,
+    invalid: &BTreeMap<String, u64>,
+    topic: &str,
+) -> Error {
+    let path = settings
+        .quarantine
+        .clone()
+        .unwrap_or_else(|| sibling(&settings.out, ".quarantine.jsonl"));
+    let mut q = cols.quarantined;
+    q.sort_by_key(|q| (q.partition, q.offset));
+    if let Err(e) = snapshot::write_quarantine(&path, &q, topic) {
+        return e;
+    }
+    let total: u64 = invalid.values().sum();
+    let by: Vec<String> = invalid
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    Error::data(format!(
+        "{total} of {} messages invalid ({:.2} %, limit {:.2} %: {}); no snapshot written, records in {} (fix the producer, or raise --max-invalid-ratio)",
+        cols.messages,
+        total as f64 * 100.0 / cols.messages as f64,
+        settings.max_invalid_ratio * 100.0,
+        by.join(", "),
+        path.display()
+    ))
+}
+
+/// Writes the split files (train on one thread, val and test on the other), `scaler.json`
+/// and `quarantine.jsonl` into `dir`; returns every file's digest (sorted by name) and the
+/// scaler's.
+fn write_files(
+    dir: &Path,
+    cols: &Columns,
+    plan: &snapshot::Plan,
+    spec: &SnapshotSpec,
+    topic: &str,
+) -> Result<(Vec<FileInfo>, FileInfo)> {
+    let write = |k: usize| {
+        let (a, b) = plan.ranges[k];
+        let path = dir.join(format!("{}.parquet", snapshot::SPLITS[k]));
+        snapshot::write_split(&path, cols, &plan.order[a..b], plan, &spec.features)
+    };
+    let written: Vec<Result<FileInfo>> = std::thread::scope(|s| {
+        let train = s.spawn(|| write(0));
+        let rest = [write(1), write(2)];
+        let panicked = || Err(Error::Internal(anyhow::anyhow!("writer thread panicked")));
+        let mut out = vec![train.join().unwrap_or_else(|_| panicked())];
+        out.extend(rest);
+        out
+    });
+    let mut files = written.into_iter().collect::<Result<Vec<_>>>()?;
+    let scaler_path = dir.join(snapshot::SCALER_FILE);
+    let scaler_json =
+        serde_json::to_vec_pretty(&plan.scaler).map_err(|e| Error::Internal(e.into()))?;
+    snapshot::write_atomic(&scaler_path, &scaler_json)?;
+    let scaler_file = snapshot::sha256_file(&scaler_path)?;
+    files.push(scaler_file.clone());
+    let qpath = dir.join(snapshot::QUARANTINE_FILE);
+    snapshot::write_quarantine(&qpath, &plan.quarantine, topic)?;
+    files.push(snapshot::sha256_file(&qpath)?);
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((files, scaler_file))
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {

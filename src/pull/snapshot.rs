@@ -100,6 +100,19 @@ pub struct FileInfo {
     pub sha256: String,
 }
 
+impl FileInfo {
+    fn new(path: &Path, bytes: u64, hash: Sha256) -> Self {
+        Self {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            bytes,
+            sha256: hex::encode(hash.finalize()),
+        }
+    }
+}
+
 /// The snapshot decided in memory: which rows, in what order, in which split, and the
 /// scaler. The split files are written from it straight out of the columns, a row group at
 /// a time, so no second copy of the data is ever held.
@@ -465,14 +478,7 @@ pub fn write_split(
         .into_inner()
         .map_err(|e| Error::write(path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::write(path, e))?;
-    Ok(FileInfo {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        bytes,
-        sha256: hex::encode(hash.finalize()),
-    })
+    Ok(FileInfo::new(path, bytes, hash))
 }
 
 /// Writes quarantined records as JSON lines.
@@ -517,14 +523,7 @@ pub fn sha256_file(path: &Path) -> Result<FileInfo> {
     let mut f = File::open(path).map_err(|e| Error::read(path, e))?;
     let mut h = Sha256::new();
     let bytes = std::io::copy(&mut f, &mut h).map_err(|e| Error::read(path, e))?;
-    Ok(FileInfo {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        bytes,
-        sha256: hex::encode(h.finalize()),
-    })
+    Ok(FileInfo::new(path, bytes, h))
 }
 
 /// The snapshot's digest: sha256 over "sha256  name\n" of its files in name order.
@@ -629,5 +628,112 @@ impl Drop for Staging {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::FeatureVector;
+    use crate::pull::decode::Decoder;
+    use crate::schema::FeatureSet;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// partition, offset, bytes, (node, timestamp), power
+    type Record = (i32, i64, Vec<u8>, (String, i64), f64);
+
+    fn spec(fs: &FeatureSet) -> SnapshotSpec {
+        SnapshotSpec {
+            features: fs.names().to_vec(),
+            train: 0.6,
+            val: 0.2,
+            scaler: None,
+        }
+    }
+
+    proptest! {
+        /// Whatever the arrival order: one row per (node, timestamp), the one with the highest
+        /// (partition, offset); rows in time order; every dropped copy quarantined.
+        #[test]
+        fn dedupe_keeps_the_last_seen_and_orders_by_time(
+            msgs in prop::collection::vec((0u8..3, 0i64..6, 0i32..2, 1.0f64..500.0), 10..80),
+            workers_split in 0usize..80,
+        ) {
+            let fs = FeatureSet::parse(&["cpu_util".to_string()]).unwrap();
+            // Offsets count up per partition, as in a log.
+            let mut next = [0i64; 2];
+            let records: Vec<Record> = msgs
+                .iter()
+                .map(|&(node, ts, p, power)| {
+                    let fv = FeatureVector {
+                        node_id: format!("n{node}"),
+                        timestamp_ms: ts,
+                        power_watts: Some(power),
+                        cpu_util: Some(power / 2.0),
+                        ..Default::default()
+                    };
+                    let off = next[p as usize];
+                    next[p as usize] += 1;
+                    (p, off, fv.encode_to_vec(), (fv.node_id.clone(), ts), power)
+                })
+                .collect();
+            // Two "workers" see the records in a scrambled split, as threads would.
+            let cut = workers_split.min(records.len());
+            let mut a = Decoder::new(&fs, None);
+            let mut b = Decoder::new(&fs, None);
+            for r in records[cut..].iter().rev() { a.push(r.0, r.1, &r.2); }
+            for r in records[..cut].iter() { b.push(r.0, r.1, &r.2); }
+            let mut cols = a.out;
+            cols.append(b.out);
+            let s = spec(&fs);
+            let distinct: std::collections::BTreeSet<_> = records.iter().map(|r| r.3.clone()).collect();
+            let plan = match plan(&mut cols, &s) {
+                Ok(p) => p,
+                Err(_) => { prop_assert!(distinct.len() < 5); return Ok(()); }
+            };
+            prop_assert_eq!(plan.order.len(), distinct.len());
+            prop_assert_eq!(plan.duplicates as usize, records.len() - distinct.len());
+            prop_assert_eq!(plan.quarantine.len(), records.len() - distinct.len());
+            let ts: Vec<i64> = plan.order.iter().map(|&i| cols.timestamp[i as usize]).collect();
+            prop_assert!(ts.windows(2).all(|w| w[0] <= w[1]));
+            for &i in &plan.order {
+                let i = i as usize;
+                let key = (cols.node_names[cols.node[i] as usize].clone(), cols.timestamp[i]);
+                let last = records.iter().filter(|r| r.3 == key).max_by_key(|r| (r.0, r.1)).unwrap();
+                prop_assert_eq!((cols.partition[i], cols.offset[i]), (last.0, last.1));
+                prop_assert_eq!(f64::from(cols.power[i]), f64::from(last.4 as f32));
+            }
+        }
+    }
+
+    #[test]
+    fn scaler_is_fit_on_train_only_and_imputes_the_train_mean() {
+        let fs = FeatureSet::parse(&["cpu_util".to_string(), "mem_util".to_string()]).unwrap();
+        let mut d = Decoder::new(&fs, None);
+        // 10 rows: train = first 6 by time. mem_util absent in row 0.
+        for i in 0..10i64 {
+            let fv = FeatureVector {
+                node_id: "n".into(),
+                timestamp_ms: i,
+                power_watts: Some(1.0),
+                cpu_util: Some(i as f64),
+                mem_util: (i != 0).then_some(10.0 * i as f64),
+                ..Default::default()
+            };
+            d.push(0, i, &fv.encode_to_vec());
+        }
+        let mut cols = d.out;
+        let p = plan(&mut cols, &spec(&fs)).unwrap();
+        assert_eq!(p.ranges, [(0, 6), (6, 8), (8, 10)]);
+        // cpu: train values 0..5 → mean 2.5, population std sqrt(35/12).
+        assert!((p.scaler.mean[0] - 2.5).abs() < 1e-12);
+        assert!((p.scaler.std[0] - (35.0f64 / 12.0).sqrt()).abs() < 1e-12);
+        // mem: observed train values 10..50 → mean 30, used for the absent one.
+        assert!((p.impute[1] - 30.0).abs() < 1e-12);
+        assert_eq!(p.split_info[0].1.imputed, vec![0, 1]);
+        assert_eq!(p.stats[1].missing, 1);
+        assert_eq!(p.stats[1].count, 9);
+        assert_eq!(p.stats[0].histogram.iter().sum::<u64>(), 10);
     }
 }

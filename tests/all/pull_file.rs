@@ -419,3 +419,59 @@ fn a_pull_killed_half_way_leaves_no_snapshot() {
     assert!(!staging(), "stale staging folder left behind");
     assert!(Path::new(&dir.path().join("s/dataset.json")).exists());
 }
+
+#[test]
+fn scaler_reuse_takes_another_snapshots_scaler() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_exit(&run(dir.path(), &["pull", "--out", "a", "-q"]), 0);
+    assert_exit(
+        &run(
+            dir.path(),
+            &[
+                "generate", "--rows", "2000", "--seed", "11", "--out", "other.pb",
+            ],
+        ),
+        0,
+    );
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "file:other.pb",
+            "--out",
+            "b",
+            "--scaler",
+            "reuse:a/scaler.json",
+            "-q",
+        ],
+    );
+    assert_exit(&o, 0);
+    assert_eq!(
+        std::fs::read(dir.path().join("a/scaler.json")).unwrap(),
+        std::fs::read(dir.path().join("b/scaler.json")).unwrap()
+    );
+    assert_eq!(dataset(&dir.path().join("b"))["scaler"]["mode"], "reuse");
+    // A scaler for other features is refused.
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "file:other.pb",
+            "--out",
+            "c",
+            "--features",
+            "cpu_util",
+            "--scaler",
+            "reuse:a/scaler.json",
+        ],
+    );
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("its features (cpu_util,mem_util"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("c").exists());
+}
