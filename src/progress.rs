@@ -31,10 +31,10 @@ impl Progress {
         let mode = if quiet {
             Mode::Hidden
         } else if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:>6} [{bar:30}] {percent:>3}% {human_pos}/{human_len} {msg} ({per_sec}, eta {eta})",
+                    "{prefix:>6} [{bar:30}] {percent:>3}% {human_pos}/{human_len} {msg} (eta {eta})",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
