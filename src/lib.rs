@@ -9,6 +9,7 @@ pub mod framing;
 pub mod generate;
 pub mod kafka;
 pub mod native;
+pub mod onnx;
 pub mod progress;
 pub mod proto;
 pub mod pull;

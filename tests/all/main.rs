@@ -4,6 +4,7 @@
 
 mod cli;
 mod harness;
+mod onnx_python;
 mod pull_file;
 mod pull_kafka;
 mod smoke;
