@@ -78,24 +78,19 @@ fn settings_layer_config_then_env_then_flags() {
         100
     );
     // The environment beats the file.
-    let o = bin()
-        .args(["pull", "-q"])
-        .env("EMSHAP_CI_WINDOW", "last:200")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let o = run_env(dir.path(), &["pull", "-q"], "EMSHAP_CI_WINDOW", "last:200");
     assert_exit(&o, 0);
     assert_eq!(
         dataset(&dir.path().join("from-config"))["counts"]["messages"],
         200
     );
     // A flag beats the environment.
-    let o = bin()
-        .args(["pull", "-q", "--window", "last:300"])
-        .env("EMSHAP_CI_WINDOW", "last:200")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let o = run_env(
+        dir.path(),
+        &["pull", "-q", "--window", "last:300"],
+        "EMSHAP_CI_WINDOW",
+        "last:200",
+    );
     assert_exit(&o, 0);
     assert_eq!(
         dataset(&dir.path().join("from-config"))["counts"]["messages"],

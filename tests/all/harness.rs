@@ -29,6 +29,25 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
         .expect("emshap-ci runs")
 }
 
+/// Runs `emshap-ci pull --source file:INPUT --out OUT EXTRA..` in `dir`.
+pub fn pull_file(dir: &Path, input: &str, out: &str, extra: &[&str]) -> Output {
+    let source = format!("file:{input}");
+    let mut args = vec!["pull", "--source", &source, "--out", out];
+    args.extend_from_slice(extra);
+    run(dir, &args)
+}
+
+/// Runs emshap-ci with `args` and one environment variable set.
+pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
+    bin()
+        .args(args)
+        .env(key, value)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("emshap-ci runs")
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -112,10 +112,7 @@ fn absent_feature_is_imputed_with_the_training_mean_and_counted() {
         ],
     );
     assert_exit(&o, 0);
-    let o = run(
-        dir.path(),
-        &["pull", "--source", "file:in.pb", "--out", "s"],
-    );
+    let o = pull_file(dir.path(), "in.pb", "s", &[]);
     assert_exit(&o, 0);
     let ds = dataset(&dir.path().join("s"));
     let imputed = ds["counts"]["imputed"]["mem_util"].as_u64().unwrap();
@@ -158,10 +155,7 @@ fn invalid_ratio_over_the_limit_fails_with_exit_4_and_writes_only_the_quarantine
         ),
         0,
     );
-    let o = run(
-        dir.path(),
-        &["pull", "--source", "file:in.pb", "--out", "s"],
-    );
+    let o = pull_file(dir.path(), "in.pb", "s", &[]);
     assert_exit(&o, 4);
     let err = stderr(&o);
     assert!(
@@ -185,18 +179,7 @@ fn invalid_ratio_over_the_limit_fails_with_exit_4_and_writes_only_the_quarantine
         .iter()
         .any(|l| l["reason"] == "non_finite_feature" && l["detail"] == "cpu_util=NaN"));
     // Raising the limit lets the same data through.
-    let o = run(
-        dir.path(),
-        &[
-            "pull",
-            "--source",
-            "file:in.pb",
-            "--out",
-            "s",
-            "--max-invalid-ratio",
-            "0.2",
-        ],
-    );
+    let o = pull_file(dir.path(), "in.pb", "s", &["--max-invalid-ratio", "0.2"]);
     assert_exit(&o, 0);
 }
 
@@ -210,66 +193,27 @@ fn file_windows_select_by_position_and_time() {
         ),
         0,
     );
-    let o = run(
-        dir.path(),
-        &[
-            "pull",
-            "--source",
-            "file:in.pb",
-            "--out",
-            "last",
-            "--window",
-            "last:300",
-        ],
-    );
+    let o = pull_file(dir.path(), "in.pb", "last", &["--window", "last:300"]);
     assert_exit(&o, 0);
     let ds = dataset(&dir.path().join("last"));
     assert_eq!(ds["counts"]["messages"], 300);
     assert_eq!(ds["source"]["partitions"][0]["start"], 700);
-    let o = run(
-        dir.path(),
-        &[
-            "pull",
-            "--source",
-            "file:in.pb",
-            "--out",
-            "off",
-            "--window",
-            "offsets:100-200",
-        ],
-    );
+    let o = pull_file(dir.path(), "in.pb", "off", &["--window", "offsets:100-200"]);
     assert_exit(&o, 0);
     assert_eq!(dataset(&dir.path().join("off"))["counts"]["messages"], 100);
     // Records are 250 ms apart from 1700000000000: the first 100 s hold 400 of them.
-    let o = run(
+    let o = pull_file(
         dir.path(),
-        &[
-            "pull",
-            "--source",
-            "file:in.pb",
-            "--out",
-            "t",
-            "--window",
-            "time:2023-11-14T22:13:20Z..1700000100000",
-        ],
+        "in.pb",
+        "t",
+        &["--window", "time:2023-11-14T22:13:20Z..1700000100000"],
     );
     assert_exit(&o, 0);
     let ds = dataset(&dir.path().join("t"));
     assert_eq!(ds["counts"]["messages"], 400);
     assert_eq!(ds["counts"]["skipped_outside_window"], 600);
     // Past the end: a usage error naming the size.
-    let o = run(
-        dir.path(),
-        &[
-            "pull",
-            "--source",
-            "file:in.pb",
-            "--out",
-            "x",
-            "--window",
-            "offsets:900-1200",
-        ],
-    );
+    let o = pull_file(dir.path(), "in.pb", "x", &["--window", "offsets:900-1200"]);
     assert_exit(&o, 2);
     assert!(
         stderr(&o).contains("past the end of in.pb (1000 messages)"),
@@ -282,10 +226,7 @@ fn file_windows_select_by_position_and_time() {
 #[test]
 fn wrong_path_and_damaged_file_are_clear_errors_that_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run(
-        dir.path(),
-        &["pull", "--source", "file:nope.pb", "--out", "s"],
-    );
+    let o = pull_file(dir.path(), "nope.pb", "s", &[]);
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("cannot read nope.pb"), "{}", stderr(&o));
     assert!(!dir.path().join("s").exists());
@@ -297,10 +238,7 @@ fn wrong_path_and_damaged_file_are_clear_errors_that_write_nothing() {
     let mut bytes = std::fs::read(dir.path().join("in.pb")).unwrap();
     bytes.truncate(bytes.len() - 5);
     std::fs::write(dir.path().join("cut.pb"), &bytes).unwrap();
-    let o = run(
-        dir.path(),
-        &["pull", "--source", "file:cut.pb", "--out", "s"],
-    );
+    let o = pull_file(dir.path(), "cut.pb", "s", &[]);
     assert_exit(&o, 4);
     assert!(
         stderr(&o).contains("the last message is cut off"),
@@ -332,13 +270,7 @@ fn a_failed_pull_leaves_the_previous_snapshot_untouched() {
         ),
         0,
     );
-    assert_exit(
-        &run(
-            dir.path(),
-            &["pull", "--source", "file:bad.pb", "--out", "s"],
-        ),
-        4,
-    );
+    assert_exit(&pull_file(dir.path(), "bad.pb", "s", &[]), 4);
     assert!(
         before == read_tree(&dir.path().join("s")),
         "the good snapshot changed"
@@ -409,13 +341,7 @@ fn a_pull_killed_half_way_leaves_no_snapshot() {
     );
     assert!(!dir.path().join("s/dataset.json").exists());
     // The next pull removes the dead one's staging folder and completes.
-    assert_exit(
-        &run(
-            dir.path(),
-            &["pull", "--source", "file:in.pb", "--out", "s", "-q"],
-        ),
-        0,
-    );
+    assert_exit(&pull_file(dir.path(), "in.pb", "s", &["-q"]), 0);
     assert!(!staging(), "stale staging folder left behind");
     assert!(Path::new(&dir.path().join("s/dataset.json")).exists());
 }
@@ -433,18 +359,11 @@ fn scaler_reuse_takes_another_snapshots_scaler() {
         ),
         0,
     );
-    let o = run(
+    let o = pull_file(
         dir.path(),
-        &[
-            "pull",
-            "--source",
-            "file:other.pb",
-            "--out",
-            "b",
-            "--scaler",
-            "reuse:a/scaler.json",
-            "-q",
-        ],
+        "other.pb",
+        "b",
+        &["--scaler", "reuse:a/scaler.json", "-q"],
     );
     assert_exit(&o, 0);
     assert_eq!(
@@ -453,19 +372,11 @@ fn scaler_reuse_takes_another_snapshots_scaler() {
     );
     assert_eq!(dataset(&dir.path().join("b"))["scaler"]["mode"], "reuse");
     // A scaler for other features is refused.
-    let o = run(
+    let o = pull_file(
         dir.path(),
-        &[
-            "pull",
-            "--source",
-            "file:other.pb",
-            "--out",
-            "c",
-            "--features",
-            "cpu_util",
-            "--scaler",
-            "reuse:a/scaler.json",
-        ],
+        "other.pb",
+        "c",
+        &["--features", "cpu_util", "--scaler", "reuse:a/scaler.json"],
     );
     assert_exit(&o, 2);
     assert!(
