@@ -56,13 +56,6 @@ impl Progress {
         }
     }
 
-    pub fn hidden() -> Self {
-        Self {
-            label: String::new(),
-            mode: Mode::Hidden,
-        }
-    }
-
     pub fn set_total(&self, total: u64, unit: &'static str) {
         match &self.mode {
             Mode::Hidden => {}

@@ -3,7 +3,7 @@
 //! (EMSHAP_CI_TANSU); a test that needs it fails, never skips, when it is missing.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,6 @@ pub fn free_port() -> u16 {
 pub struct Tansu {
     child: Child,
     pub brokers: String,
-    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -93,10 +92,11 @@ impl Tansu {
         );
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("tansu.log");
+        // A free port can be taken by someone else before the broker binds it: try again.
         for _attempt in 0..3 {
             let port = free_port();
             let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(&exe)
+            let mut child = Command::new(&exe)
                 .args([
                     "broker",
                     "--listener-url",
@@ -112,31 +112,29 @@ impl Tansu {
                 ])
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(std::fs::File::create(dir.path().join("tansu.err")).unwrap())
+                .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
                 .spawn()
                 .expect("start tansu");
-            let mut t = Tansu {
-                child,
-                brokers: format!("127.0.0.1:{port}"),
-                log: log.clone(),
-                _dir: tempfile::tempdir().unwrap(),
-            };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    t._dir = dir;
-                    return t;
+                    return Tansu {
+                        child,
+                        brokers: format!("127.0.0.1:{port}"),
+                        _dir: dir,
+                    };
                 }
-                if let Ok(Some(_)) = t.child.try_wait() {
+                if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = t.child.kill();
+            let _ = child.kill();
+            let _ = child.wait();
         }
         panic!(
             "tansu did not start; log: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
         );
     }
 
@@ -144,11 +142,6 @@ impl Tansu {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    #[allow(dead_code)]
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Produces generated telemetry to `topic` (created with 3 partitions).
