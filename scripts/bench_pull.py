@@ -5,7 +5,7 @@
 - `emshap-ci pull` from that Kafka topic and from a file of the same messages;
 - the Python peer (../shared/peer/pull.py) on the same topic and the same file.
 
-usage: scripts/bench_pull.py [--rows 1000000] [--reps 3] [--peer-reps 1]
+usage: scripts/bench_pull.py [--rows 1000000] [--reps 3] [--peer-reps 1] [--features torch]
 Needs: scripts/setup.sh --test done, a release build (this script builds it), GNU time
 (/usr/bin/time, Debian package `time`) for peak RSS. Prints a markdown table.
 """
@@ -16,6 +16,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=1_000_000)
 ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--peer-reps", type=int, default=1)
+ap.add_argument("--features", default="", help="cargo features of the measured binary, e.g. torch")
 a = ap.parse_args()
 
 env_file = subprocess.run([f"{root}/scripts/setup.sh", "--test"], check=True, capture_output=True, text=True).stdout.strip()
@@ -25,9 +26,12 @@ for line in open(env_file):
         k, v = line[7:].strip().split("=", 1)
         env[k] = v.strip('"')
 cache = env["EMSHAP_CI_CACHE"]
-subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "emshap-ci", "--example", "raw_consume"], cwd=root, env=env, check=True)
-exe = f"{root}/target/release/emshap-ci"
-raw = f"{root}/target/release/examples/raw_consume"
+# A features build goes to its own target folder, so the default build stays as it was.
+target = f"{root}/target" if not a.features else f"{root}/target/bench-{a.features.replace(',', '-')}"
+subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "emshap-ci", "--example", "raw_consume",
+                "--target-dir", target, "--features", a.features], cwd=root, env=env, check=True)
+exe = f"{target}/release/emshap-ci"
+raw = f"{target}/release/examples/raw_consume"
 
 # The peer's Python stack (its pull needs no torch), with its generated protobuf module.
 peer = os.path.join(os.path.dirname(root), "shared", "peer")
