@@ -330,7 +330,6 @@ fn tally(bad: &mut std::collections::BTreeMap<&'static str, u64>, r: &Record) {
 
 /// Writes `spec.rows` records to a length-delimited file, atomically.
 pub fn write_file(spec: &GenerateSpec, path: &std::path::Path) -> Result<GenerateReport> {
-    use std::io::Write;
     let started = std::time::Instant::now();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -344,14 +343,12 @@ pub fn write_file(spec: &GenerateSpec, path: &std::path::Path) -> Result<Generat
             .unwrap_or_default(),
         std::process::id()
     ));
+    let records = Generator::new(spec.clone())?.take(spec.rows as usize);
     let mut bad = std::collections::BTreeMap::new();
     let mut bytes = 0u64;
     let res = (|| -> std::io::Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for r in Generator::new(spec.clone())
-            .map_err(std::io::Error::other)?
-            .take(spec.rows as usize)
-        {
+        for r in records {
             tally(&mut bad, &r);
             bytes += r.payload.len() as u64;
             crate::framing::write_delimited(&mut out, &r.payload)?;
@@ -365,7 +362,6 @@ pub fn write_file(spec: &GenerateSpec, path: &std::path::Path) -> Result<Generat
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::write(path, e));
     }
-    let _ = std::io::stdout().flush();
     Ok(GenerateReport {
         target: path.display().to_string(),
         records: spec.rows,

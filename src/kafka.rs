@@ -310,14 +310,6 @@ impl TopicReader {
         lows: &[i64],
         mut each: impl FnMut(i32, i64, Option<i64>, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        struct Slot {
-            partition: i32,
-            next: i64,
-            end: i64,
-            low: i64,
-            started: bool,
-            done: bool,
-        }
         let mut tpl = TopicPartitionList::new();
         let mut slots: Vec<Slot> = Vec::new();
         for (r, &low) in ranges.iter().zip(lows) {
@@ -351,19 +343,8 @@ impl TopicReader {
         while remaining > 0 {
             if !stall_checked && assigned.elapsed() > stall {
                 stall_checked = true;
-                for s in slots
-                    .iter_mut()
-                    .filter(|s| !s.started && !s.done && s.next > s.low)
-                {
-                    s.started = true;
-                    self.consumer
-                        .seek(
-                            &self.topic,
-                            s.partition,
-                            Offset::Offset(s.low),
-                            self.config.timeout,
-                        )
-                        .map_err(|e| self.config.client_err("cannot seek", e))?;
+                for s in slots.iter_mut().filter(|s| s.may_need_reread()) {
+                    self.reread_from_low(s)?;
                 }
             }
             let m = match self.consumer.poll(Duration::from_millis(100)) {
@@ -392,12 +373,9 @@ impl TopicReader {
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     if let Some(s) = slots.iter_mut().find(|s| s.partition == p && !s.done) {
-                        if !s.started && s.next > s.low {
+                        if s.may_need_reread() {
                             // Nothing from inside the last batch: re-read from a boundary.
-                            s.started = true;
-                            self.consumer
-                                .seek(&self.topic, p, Offset::Offset(s.low), self.config.timeout)
-                                .map_err(|e| self.config.client_err("cannot seek", e))?;
+                            self.reread_from_low(s)?;
                         } else {
                             // End of file at the current high watermark, at or past the fixed
                             // end: whatever offsets were not seen do not exist.
@@ -420,18 +398,9 @@ impl TopicReader {
                 // Redelivered (after a reconnect or a re-read), or before the range.
                 continue;
             }
-            if !slot.started && off > slot.next && slot.next > slot.low {
-                // The broker skipped from inside a batch to the next one: re-read from the
-                // low watermark, which is a batch boundary.
-                slot.started = true;
-                self.consumer
-                    .seek(
-                        &self.topic,
-                        p,
-                        Offset::Offset(slot.low),
-                        self.config.timeout,
-                    )
-                    .map_err(|e| self.config.client_err("cannot seek", e))?;
+            if off > slot.next && slot.may_need_reread() {
+                // The broker skipped from inside a batch to the next one.
+                self.reread_from_low(slot)?;
                 continue;
             }
             slot.started = true;
@@ -454,6 +423,40 @@ impl TopicReader {
         }
         let _ = self.consumer.unassign();
         Ok(())
+    }
+}
+
+/// One partition's progress through its range in `TopicReader::read`.
+struct Slot {
+    partition: i32,
+    next: i64,
+    end: i64,
+    low: i64,
+    started: bool,
+    done: bool,
+}
+
+impl Slot {
+    /// Nothing taken yet, and the range starts after the low watermark: the case where a
+    /// broker that fetches per batch may have skipped or withheld the range's first batch.
+    fn may_need_reread(&self) -> bool {
+        !self.started && !self.done && self.next > self.low
+    }
+}
+
+impl TopicReader {
+    /// Reads `slot`'s partition again from its low watermark, a batch boundary; the
+    /// messages before the range are then skipped as they arrive.
+    fn reread_from_low(&self, slot: &mut Slot) -> Result<()> {
+        slot.started = true;
+        self.consumer
+            .seek(
+                &self.topic,
+                slot.partition,
+                Offset::Offset(slot.low),
+                self.config.timeout,
+            )
+            .map_err(|e| self.config.client_err("cannot seek", e))
     }
 }
 

@@ -46,22 +46,12 @@ fn value_info(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
     }
 }
 
-/// An integer attribute.
+/// An integer attribute (e.g. Gemm's `transB`, for weights stored [out, in] as tch keeps them).
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
         i: v,
-        ..Default::default()
-    }
-}
-
-/// An integer-list attribute.
-pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
         ..Default::default()
     }
 }
@@ -124,19 +114,6 @@ impl GraphBuilder {
             name: name.clone(),
             dims: dims.to_vec(),
             data_type: DataType::Float as i32,
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name
-    }
-
-    /// An i64 constant (shapes, axes).
-    pub fn constant_i64(&mut self, hint: &str, dims: &[i64], data: &[i64]) -> String {
-        let name = self.fresh(hint);
-        self.initializers.push(TensorProto {
-            name: name.clone(),
-            dims: dims.to_vec(),
-            data_type: DataType::Int64 as i32,
             raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ..Default::default()
         });

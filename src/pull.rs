@@ -21,7 +21,7 @@ use crate::framing::{BlockReader, FrameError};
 use crate::kafka::{KafkaConfig, PartitionRange, TopicReader};
 use crate::progress::Progress;
 use crate::schema::FeatureSet;
-use decode::{Columns, Decoder, Reason};
+use decode::{Columns, Decoder, Reason, TimeRule};
 use snapshot::{FeatureStats, FileInfo, Scaler, SnapshotSpec, SplitInfo, Staging};
 pub use window::Window;
 
@@ -369,12 +369,10 @@ fn write_files(
     let scaler_path = dir.join(snapshot::SCALER_FILE);
     let scaler_json =
         serde_json::to_vec_pretty(&plan.scaler).map_err(|e| Error::Internal(e.into()))?;
-    snapshot::write_atomic(&scaler_path, &scaler_json)?;
-    let scaler_file = snapshot::sha256_file(&scaler_path)?;
+    let scaler_file = snapshot::write_atomic(&scaler_path, &scaler_json)?;
     files.push(scaler_file.clone());
     let qpath = dir.join(snapshot::QUARANTINE_FILE);
-    snapshot::write_quarantine(&qpath, &plan.quarantine, topic)?;
-    files.push(snapshot::sha256_file(&qpath)?);
+    files.push(snapshot::write_quarantine(&qpath, &plan.quarantine, topic)?);
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((files, scaler_file))
 }
@@ -400,7 +398,7 @@ const BATCH: usize = 4096;
 /// Runs `read` on this thread, feeding batches to `workers` decoder threads.
 fn decode_parallel(
     settings: &PullSettings,
-    time: Option<(i64, i64)>,
+    time: TimeRule,
     read: impl FnOnce(&crossbeam_channel::Sender<Batch>) -> Result<()>,
 ) -> Result<Columns> {
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(8);
@@ -499,11 +497,11 @@ fn read_file(
     let total = input.len()?;
     // A file is one partition (0) whose offsets are message positions.
     let (start, end, time) = match &settings.window {
-        Window::All => (0, i64::MAX, None),
-        Window::Time { from_ms, to_ms } => (0, i64::MAX, Some((*from_ms, *to_ms))),
+        Window::All => (0, i64::MAX, TimeRule::Any),
+        Window::Time { from_ms, to_ms } => (0, i64::MAX, TimeRule::Select(*from_ms, *to_ms)),
         Window::Last(n) => {
             let count = count_messages(input)?;
-            ((count - *n as i64).max(0), count, None)
+            ((count - *n as i64).max(0), count, TimeRule::Any)
         }
         Window::Offsets(spec) => {
             let (a, b) = match spec {
@@ -527,7 +525,7 @@ fn read_file(
                     ),
                 ));
             }
-            (a, b, None)
+            (a, b, TimeRule::Any)
         }
         Window::Committed => {
             return Err(Error::usage(
@@ -538,7 +536,7 @@ fn read_file(
     };
     progress.set_total(total, "bytes");
     let mut last = start;
-    let cols = decode_parallel(settings, None, |tx| {
+    let cols = decode_parallel(settings, time, |tx| {
         let mut reader = BlockReader::new(input.open()?, 4 << 20);
         let mut index: i64 = 0;
         while let Some(block) = reader.next_block().map_err(|e| frame_err(path, e))? {
@@ -565,11 +563,6 @@ fn read_file(
         }
         Ok(())
     })?;
-    // Time windows on a file select records by their own timestamp.
-    let cols = match time {
-        Some((from, to)) => filter_time(cols, from, to),
-        None => cols,
-    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -587,39 +580,6 @@ fn read_file(
             }],
         },
     ))
-}
-
-fn filter_time(cols: Columns, from: i64, to: i64) -> Columns {
-    // Keep rows and quarantined records whose timestamps lie inside [from, to). Records
-    // without a readable timestamp (undecodable) stay, since nothing says they are outside.
-    let d = cols.d;
-    let mut out = Columns::new(d);
-    let mut kept = Columns::new(d);
-    kept.node_names = cols.node_names.clone();
-    let mut read = 0u64;
-    for i in 0..cols.rows() {
-        let t = cols.timestamp[i];
-        if t >= from && t < to {
-            kept.values
-                .extend_from_slice(&cols.values[i * d..(i + 1) * d]);
-            kept.power.push(cols.power[i]);
-            kept.timestamp.push(t);
-            kept.node.push(cols.node[i]);
-            kept.partition.push(cols.partition[i]);
-            kept.offset.push(cols.offset[i]);
-            read += 1;
-        }
-    }
-    for q in cols.quarantined {
-        if q.timestamp_ms.is_none_or(|t| t >= from && t < to) {
-            read += 1;
-            kept.quarantined.push(q);
-        }
-    }
-    kept.skipped = cols.messages - read;
-    kept.messages = read;
-    out.append(kept);
-    out
 }
 
 fn count_messages(input: &Input<'_>) -> Result<i64> {
@@ -662,7 +622,8 @@ fn read_kafka(
             .0
         })
         .collect();
-    let mut cols = decode_parallel(settings, time, |tx| {
+    let rule = time.map_or(TimeRule::Any, |(from, to)| TimeRule::Reject(from, to));
+    let mut cols = decode_parallel(settings, rule, |tx| {
         let mut batch = Batch::default();
         let mut unreported = 0u64;
         reader.read(&ranges, &lows, |p, o, ts, payload| {

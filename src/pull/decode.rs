@@ -78,21 +78,34 @@ pub struct Columns {
     node_index: HashMap<String, u32>,
     pub quarantined: Vec<Quarantined>,
     pub messages: u64,
-    /// Records outside a file source's time window: not read, not invalid.
+    /// Records outside a time window that selects by timestamp: not read, not invalid.
     pub skipped: u64,
+}
+
+/// What a time window does to a record whose own `timestamp_ms` lies outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeRule {
+    /// No time window.
+    Any,
+    /// The record was fetched as part of the window, so it is invalid (`outside_window`):
+    /// Kafka, where the broker chose the offsets by time.
+    Reject(i64, i64),
+    /// The window selects records by their timestamp; others are skipped, not invalid:
+    /// files, which have no index by time.
+    Select(i64, i64),
 }
 
 /// Decodes and validates messages; one per worker thread.
 pub struct Decoder<'a> {
     features: &'a FeatureSet,
-    time: Option<(i64, i64)>,
+    time: TimeRule,
     fv: FeatureVector,
     row: Vec<f32>,
     pub out: Columns,
 }
 
 impl<'a> Decoder<'a> {
-    pub fn new(features: &'a FeatureSet, time: Option<(i64, i64)>) -> Self {
+    pub fn new(features: &'a FeatureSet, time: TimeRule) -> Self {
         Self {
             features,
             time,
@@ -132,6 +145,14 @@ impl<'a> Decoder<'a> {
         if let Err(e) = self.fv.merge(payload) {
             self.reject(partition, offset, Reason::Undecodable, e.to_string(), false);
             return;
+        }
+        if let TimeRule::Select(from, to) = self.time {
+            let ts = self.fv.timestamp_ms;
+            if ts < from || ts >= to {
+                self.out.messages -= 1;
+                self.out.skipped += 1;
+                return;
+            }
         }
         let power = match self.fv.power_watts {
             None => {
@@ -177,7 +198,7 @@ impl<'a> Decoder<'a> {
                 }
             };
         }
-        if let Some((from, to)) = self.time {
+        if let TimeRule::Reject(from, to) = self.time {
             let ts = self.fv.timestamp_ms;
             if ts < from || ts >= to {
                 let detail = format!("timestamp_ms {ts} outside [{from}, {to})");
@@ -269,7 +290,7 @@ mod tests {
         fv
     }
 
-    fn run(msgs: &[Vec<u8>], time: Option<(i64, i64)>) -> Columns {
+    fn run(msgs: &[Vec<u8>], time: TimeRule) -> Columns {
         let fs = FeatureSet::default_metrics();
         let mut d = Decoder::new(&fs, time);
         for (i, m) in msgs.iter().enumerate() {
@@ -299,7 +320,7 @@ mod tests {
             inf.encode_to_vec(),
             missing.encode_to_vec(),
         ];
-        let c = run(&msgs, None);
+        let c = run(&msgs, TimeRule::Any);
         assert_eq!(
             c.rows(),
             2,
@@ -325,8 +346,13 @@ mod tests {
 
     #[test]
     fn time_window_rejects_outside_records() {
-        let c = run(&[good().encode_to_vec()], Some((2000, 3000)));
+        let c = run(&[good().encode_to_vec()], TimeRule::Reject(2000, 3000));
         assert_eq!(c.rows(), 0);
         assert_eq!(c.quarantined[0].reason, Reason::OutsideWindow);
+        let c = run(&[good().encode_to_vec()], TimeRule::Select(2000, 3000));
+        assert_eq!(
+            (c.rows(), c.quarantined.len(), c.messages, c.skipped),
+            (0, 0, 0, 1)
+        );
     }
 }

@@ -481,28 +481,26 @@ pub fn write_split(
     Ok(FileInfo::new(path, bytes, hash))
 }
 
-/// Writes quarantined records as JSON lines.
-pub fn write_quarantine(path: &Path, records: &[Quarantined], topic: &str) -> Result<()> {
+/// Writes quarantined records as JSON lines, atomically; returns the file's digest.
+pub fn write_quarantine(path: &Path, records: &[Quarantined], topic: &str) -> Result<FileInfo> {
     #[derive(Serialize)]
     struct Line<'a> {
         topic: &'a str,
         #[serde(flatten)]
         q: &'a Quarantined,
     }
-    let file = File::create(path).map_err(|e| Error::write(path, e))?;
-    let mut w = BufWriter::new(file);
+    let mut text = Vec::new();
     for q in records {
-        serde_json::to_writer(&mut w, &Line { topic, q }).map_err(|e| Error::Internal(e.into()))?;
-        w.write_all(b"\n").map_err(|e| Error::write(path, e))?;
+        serde_json::to_writer(&mut text, &Line { topic, q })
+            .map_err(|e| Error::Internal(e.into()))?;
+        text.push(b'\n');
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| Error::write(path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::write(path, e))
+    write_atomic(path, &text)
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename);
+/// returns their size and sha256.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<FileInfo> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -516,14 +514,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(Error::write(path, e));
     }
-    Ok(())
-}
-
-pub fn sha256_file(path: &Path) -> Result<FileInfo> {
-    let mut f = File::open(path).map_err(|e| Error::read(path, e))?;
-    let mut h = Sha256::new();
-    let bytes = std::io::copy(&mut f, &mut h).map_err(|e| Error::read(path, e))?;
-    Ok(FileInfo::new(path, bytes, h))
+    Ok(FileInfo::new(
+        path,
+        bytes.len() as u64,
+        Sha256::new_with_prefix(bytes),
+    ))
 }
 
 /// The snapshot's digest: sha256 over "sha256  name\n" of its files in name order.
@@ -635,7 +630,7 @@ impl Drop for Staging {
 mod tests {
     use super::*;
     use crate::proto::FeatureVector;
-    use crate::pull::decode::Decoder;
+    use crate::pull::decode::{Decoder, TimeRule};
     use crate::schema::FeatureSet;
     use proptest::prelude::*;
     use prost::Message;
@@ -680,8 +675,8 @@ mod tests {
                 .collect();
             // Two "workers" see the records in a scrambled split, as threads would.
             let cut = workers_split.min(records.len());
-            let mut a = Decoder::new(&fs, None);
-            let mut b = Decoder::new(&fs, None);
+            let mut a = Decoder::new(&fs, TimeRule::Any);
+            let mut b = Decoder::new(&fs, TimeRule::Any);
             for r in records[cut..].iter().rev() { a.push(r.0, r.1, &r.2); }
             for r in records[..cut].iter() { b.push(r.0, r.1, &r.2); }
             let mut cols = a.out;
@@ -710,7 +705,7 @@ mod tests {
     #[test]
     fn scaler_is_fit_on_train_only_and_imputes_the_train_mean() {
         let fs = FeatureSet::parse(&["cpu_util".to_string(), "mem_util".to_string()]).unwrap();
-        let mut d = Decoder::new(&fs, None);
+        let mut d = Decoder::new(&fs, TimeRule::Any);
         // 10 rows: train = first 6 by time. mem_util absent in row 0.
         for i in 0..10i64 {
             let fv = FeatureVector {

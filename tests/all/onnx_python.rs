@@ -1,7 +1,7 @@
 //! Models written by `emshap_ci::onnx` pass the official `onnx` checker (full_check) and
 //! give the same outputs in Python's onnxruntime as in the Rust `ort` binding.
 
-use emshap_ci::onnx::{run, Dim, GraphBuilder, Tensor};
+use emshap_ci::onnx::{attr_int, run, Dim, GraphBuilder, Tensor};
 use prost::Message;
 
 #[test]
@@ -13,9 +13,10 @@ fn built_model_passes_the_onnx_checker_and_python_onnxruntime_agrees() {
     let std = g.constant("std", &[3], &[2.0, 4.0, 0.5]);
     let z = g.op("Sub", &[&x, &mean], vec![]);
     let z = g.op("Div", &[&z, &std], vec![]);
-    let w = g.constant("w", &[3, 2], &[1.0, -1.0, 0.5, 2.0, -0.25, 0.75]);
+    // The weight stored [out, in], as tch keeps it: Gemm with transB.
+    let w = g.constant("w", &[2, 3], &[1.0, 0.5, -0.25, -1.0, 2.0, 0.75]);
     let b = g.constant("b", &[2], &[0.1, -0.1]);
-    let h = g.op("Gemm", &[&z, &w, &b], vec![]);
+    let h = g.op("Gemm", &[&z, &w, &b], vec![attr_int("transB", 1)]);
     let y = g.op("Relu", &[&h], vec![]);
     g.output(&y, "out", &[Dim::Named("N"), Dim::Fixed(2)]);
     let model = g
@@ -74,6 +75,8 @@ fn built_model_passes_the_onnx_checker_and_python_onnxruntime_agrees() {
     }
     // And the values are right: row 0 standardises to zeros, so out = relu(b).
     assert_eq!(&ours[0].1.data[..2], &[0.1, 0.0]);
+    // Row 2 standardises to [-0.5, 2, -1]: out = [0.85, 3.65] only if transB is honoured.
+    assert!((ours[0].1.data[4] - 0.85).abs() < 1e-6 && (ours[0].1.data[5] - 3.65).abs() < 1e-6);
 }
 
 /// proto/onnx.proto is a subset of ONNX's own: same names, numbers, types, cardinality.

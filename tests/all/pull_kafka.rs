@@ -28,6 +28,18 @@ fn pull(
     run(dir, &args)
 }
 
+/// Pulls, asserts success, and returns the snapshot's counts.
+fn pulled(
+    t: &Tansu,
+    dir: &std::path::Path,
+    topic: &str,
+    out: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    assert_exit(&pull(t, dir, topic, out, extra), 0);
+    counts(dir, out)
+}
+
 fn counts(dir: &std::path::Path, out: &str) -> serde_json::Value {
     dataset(&dir.join(out))["counts"].clone()
 }
@@ -37,7 +49,7 @@ fn kafka_pull_reads_every_partition_and_the_same_window_gives_the_same_bytes() {
     let t = Tansu::start();
     t.generate("m", &["--rows", "3000", "--partitions", "3"]);
     let dir = tempfile::tempdir().unwrap();
-    assert_exit(&pull(&t, dir.path(), "m", "a", &["--workers", "1"]), 0);
+    pulled(&t, dir.path(), "m", "a", &["--workers", "1"]);
     let ds = dataset(&dir.path().join("a"));
     assert_eq!(ds["counts"]["messages"], 3000);
     assert_eq!(ds["counts"]["rows"], 3000);
@@ -63,26 +75,20 @@ fn kafka_pull_reads_every_partition_and_the_same_window_gives_the_same_bytes() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    assert_exit(
-        &pull(
-            &t,
-            dir.path(),
-            "m",
-            "a2",
-            &["--window", &window, "--workers", "1"],
-        ),
-        0,
+    pulled(
+        &t,
+        dir.path(),
+        "m",
+        "a2",
+        &["--window", &window, "--workers", "1"],
     );
     t.generate("m", &["--rows", "500", "--seed", "99"]);
-    assert_exit(
-        &pull(
-            &t,
-            dir.path(),
-            "m",
-            "b",
-            &["--window", &window, "--workers", "2"],
-        ),
-        0,
+    pulled(
+        &t,
+        dir.path(),
+        "m",
+        "b",
+        &["--window", &window, "--workers", "2"],
     );
     assert!(
         read_tree(&dir.path().join("a2")) == read_tree(&dir.path().join("b")),
@@ -101,8 +107,8 @@ fn kafka_pull_reads_every_partition_and_the_same_window_gives_the_same_bytes() {
         dataset(&dir.path().join("b"))["snapshot_sha256"]
     );
     // And the whole topic now has both batches.
-    assert_exit(&pull(&t, dir.path(), "m", "c", &[]), 0);
-    assert_eq!(counts(dir.path(), "c")["messages"], 3500);
+    let c = pulled(&t, dir.path(), "m", "c", &[]);
+    assert_eq!(c["messages"], 3500);
 }
 
 #[test]
@@ -110,25 +116,19 @@ fn kafka_last_n_and_time_windows() {
     let t = Tansu::start();
     t.generate("w", &["--rows", "2000"]);
     let dir = tempfile::tempdir().unwrap();
-    assert_exit(
-        &pull(&t, dir.path(), "w", "last", &["--window", "last:100"]),
-        0,
-    );
+    pulled(&t, dir.path(), "w", "last", &["--window", "last:100"]);
     let ds = dataset(&dir.path().join("last"));
     assert_eq!(
         ds["counts"]["messages"], 300,
         "100 from each of 3 partitions"
     );
     // Records are 250 ms apart from 1700000000000: [+100 s, +200 s) holds 400.
-    assert_exit(
-        &pull(
-            &t,
-            dir.path(),
-            "w",
-            "time",
-            &["--window", "time:1700000100000..1700000200000"],
-        ),
-        0,
+    pulled(
+        &t,
+        dir.path(),
+        "w",
+        "time",
+        &["--window", "time:1700000100000..1700000200000"],
     );
     let c = counts(dir.path(), "time");
     assert_eq!(c["rows"].as_u64().unwrap(), 400, "{c}");
@@ -148,7 +148,7 @@ fn bad_kind(kind: &str) -> (tempfile::TempDir, serde_json::Value, Vec<serde_json
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    assert_exit(&pull(&t, dir.path(), "b", "s", &[]), 0);
+    pulled(&t, dir.path(), "b", "s", &[]);
     let c = counts(dir.path(), "s");
     let q = std::fs::read_to_string(dir.path().join("s/quarantine.jsonl")).unwrap();
     let lines = q
@@ -365,7 +365,7 @@ fn kafka_independent_python_producer_then_pull() {
         String::from_utf8_lossy(&o.stderr)
     );
     let dir = tempfile::tempdir().unwrap();
-    assert_exit(&pull(&t, dir.path(), "py", "s", &[]), 0);
+    pulled(&t, dir.path(), "py", "s", &[]);
     let c = counts(dir.path(), "s");
     assert_eq!(c["messages"], 602);
     assert_eq!(c["rows"], 600);
@@ -391,39 +391,30 @@ fn kafka_group_commit_then_committed_window_reads_only_new_messages() {
     let t = Tansu::start();
     t.generate("g", &["--rows", "600"]);
     let dir = tempfile::tempdir().unwrap();
-    assert_exit(
-        &pull(
-            &t,
-            dir.path(),
-            "g",
-            "first",
-            &["--group", "trainer", "--commit"],
-        ),
-        0,
+    let c = pulled(
+        &t,
+        dir.path(),
+        "g",
+        "first",
+        &["--group", "trainer", "--commit"],
     );
-    assert_eq!(counts(dir.path(), "first")["messages"], 600);
+    assert_eq!(c["messages"], 600);
     // Without --commit nothing is committed: a second group starts from the beginning.
-    assert_exit(
-        &pull(
-            &t,
-            dir.path(),
-            "g",
-            "other",
-            &["--group", "other", "--window", "committed"],
-        ),
-        0,
+    let c = pulled(
+        &t,
+        dir.path(),
+        "g",
+        "other",
+        &["--group", "other", "--window", "committed"],
     );
-    assert_eq!(counts(dir.path(), "other")["messages"], 600);
+    assert_eq!(c["messages"], 600);
     t.generate("g", &["--rows", "300", "--seed", "3"]);
-    assert_exit(
-        &pull(
-            &t,
-            dir.path(),
-            "g",
-            "next",
-            &["--group", "trainer", "--window", "committed"],
-        ),
-        0,
+    let c = pulled(
+        &t,
+        dir.path(),
+        "g",
+        "next",
+        &["--group", "trainer", "--window", "committed"],
     );
-    assert_eq!(counts(dir.path(), "next")["messages"], 300);
+    assert_eq!(c["messages"], 300);
 }
