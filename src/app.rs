@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use crate::cli::train::TrainCommand;
 use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -74,6 +75,42 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
             Ok(Outcome {
                 text,
                 json: json!({"command": "pull", "ok": true, "report": report}),
+            })
+        }
+        Command::Train(cmd) => {
+            let report = match cmd {
+                TrainCommand::Power(args) => {
+                    let s = settings::resolve_train_power(args, &config)?;
+                    crate::train::train_power(&s, &Progress::new("train power", quiet))?
+                }
+                TrainCommand::Emshap(args) => {
+                    let s = settings::resolve_train_emshap(args, &config)?;
+                    crate::train::train_emshap(&s, &Progress::new("train emshap", quiet))?
+                }
+            };
+            let test: Vec<String> = report
+                .test
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            let text = format!(
+                "trained {} on {} in {:.1} s ({} epochs, best {} with validation loss {:.5}; {:.0} samples/s)\ntest: {}\nexport proven on {} rows with ONNX Runtime (max relative difference {:.2e}); wrote {} to {}",
+                report.model,
+                report.device,
+                report.seconds,
+                report.epochs_run,
+                report.best_epoch,
+                report.best_val_loss,
+                report.samples_per_s,
+                test.join(", "),
+                report.proof.rows,
+                report.proof.max_rel_diff.values().fold(0.0f64, |a, &b| a.max(b)),
+                report.files.join(", "),
+                report.out.display()
+            );
+            Ok(Outcome {
+                text,
+                json: json!({"command": "train", "ok": true, "report": report}),
             })
         }
     }

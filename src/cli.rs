@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod pull;
+pub mod train;
 
 use std::path::PathBuf;
 
@@ -55,4 +56,7 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Pull a bounded window of messages into a validated, split, scaled snapshot.
     Pull(pull::PullArgs),
+    /// Train a model on a snapshot, export it to ONNX and prove the file against libtorch.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }

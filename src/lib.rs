@@ -15,5 +15,6 @@ pub mod proto;
 pub mod pull;
 pub mod schema;
 pub mod settings;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -56,6 +56,16 @@ pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     }
 }
 
+/// An integer-list attribute (e.g. `axes` of the reductions that still take them as one).
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 /// A float attribute.
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
@@ -118,6 +128,25 @@ impl GraphBuilder {
             ..Default::default()
         });
         name
+    }
+
+    /// An int64 constant (shapes, axes, indices).
+    pub fn constant_i64(&mut self, hint: &str, dims: &[i64], data: &[i64]) -> String {
+        debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
+        let name = self.fresh(hint);
+        self.initializers.push(TensorProto {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data_type: DataType::Int64 as i32,
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// A scalar f32 constant.
+    pub fn scalar(&mut self, hint: &str, v: f32) -> String {
+        self.constant(hint, &[], &[v])
     }
 
     /// Adds an operator with one output; returns the output's name.

@@ -30,6 +30,9 @@ pub const METRICS: [&str; 20] = [
 ];
 
 /// The training target.
+/// The `FeatureVector` schema version this build reads and records in the ONNX metadata.
+pub const SCHEMA_VERSION: u32 = 1;
+
 pub const TARGET: &str = "power_watts";
 
 /// Protobuf field number of the first metric; metric `i` of `METRICS` is field `FIRST + i`.

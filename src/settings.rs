@@ -10,11 +10,13 @@ use serde::Deserialize;
 
 use crate::cli::generate::GenerateArgs;
 use crate::cli::pull::PullArgs;
+use crate::cli::train::{CommonTrainArgs, DeviceArg, TrainEmshapArgs, TrainPowerArgs};
 use crate::error::{Error, Result};
 use crate::generate::{BadKind, GenerateSpec};
 use crate::kafka::KafkaConfig;
 use crate::pull::{PullSettings, ScalerMode, Source, Window};
 use crate::schema::FeatureSet;
+use crate::train::{DeviceChoice, EmshapSettings, PowerSettings, TrainSettings};
 
 pub const DEFAULT_CONFIG: &str = "emshap-ci.toml";
 
@@ -28,6 +30,8 @@ pub struct ConfigFile {
     pub pull: PullSection,
     #[serde(default)]
     pub generate: GenerateSection,
+    #[serde(default)]
+    pub train: TrainSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +67,54 @@ pub struct GenerateSection {
     pub bad_ratio: Option<f64>,
     pub bad_kinds: Option<Vec<String>>,
     pub partitions: Option<i32>,
+}
+
+/// `[train]`: shared by both models; `[train.power]` and `[train.emshap]` override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub data: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub device: Option<String>,
+    pub threads: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub power: PowerSection,
+    #[serde(default)]
+    pub emshap: EmshapSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerSection {
+    pub epochs: Option<usize>,
+    pub patience: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub max_rows: Option<usize>,
+    pub batch_norm: Option<bool>,
+    pub dropout: Option<f64>,
+    pub residual: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmshapSection {
+    pub epochs: Option<usize>,
+    pub patience: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub max_rows: Option<usize>,
+    pub proposals: Option<usize>,
+    pub mixtures: Option<usize>,
+    pub context: Option<usize>,
+    pub gru_hidden: Option<usize>,
+    pub energy_hidden: Option<usize>,
+    pub energy_blocks: Option<usize>,
+    pub mask_rate: Option<Vec<f64>>,
+    pub val_rows: Option<usize>,
 }
 
 impl ConfigFile {
@@ -290,6 +342,195 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
         quarantine: args.quarantine.clone().or_else(|| p.quarantine.clone()),
         commit,
         workers,
+    })
+}
+
+/// Per-model values of the config file that `resolve_common` lays under the flags.
+struct ModelDefaults {
+    epochs: usize,
+    patience: usize,
+    file_epochs: Option<usize>,
+    file_patience: Option<usize>,
+    file_batch_size: Option<usize>,
+    file_lr: Option<f64>,
+    file_max_rows: Option<usize>,
+}
+
+fn positive(what: &str, v: usize, max: usize) -> Result<usize> {
+    if v == 0 || v > max {
+        return Err(Error::usage(what, format!("{v} (give 1 to {max})")));
+    }
+    Ok(v)
+}
+
+fn resolve_common(
+    args: &CommonTrainArgs,
+    file: &TrainSection,
+    m: ModelDefaults,
+) -> Result<TrainSettings> {
+    let device = match args.device {
+        Some(DeviceArg::Auto) => DeviceChoice::Auto,
+        Some(DeviceArg::Cpu) => DeviceChoice::Cpu,
+        Some(DeviceArg::Cuda) => DeviceChoice::Cuda,
+        None => match file.device.as_deref().unwrap_or("auto") {
+            "auto" => DeviceChoice::Auto,
+            "cpu" => DeviceChoice::Cpu,
+            "cuda" => DeviceChoice::Cuda,
+            other => {
+                return Err(Error::usage(
+                    "[train] device",
+                    format!("'{other}' (use auto, cpu or cuda)"),
+                ))
+            }
+        },
+    };
+    let lr = args.lr.or(m.file_lr).or(file.lr).unwrap_or(1e-3);
+    if !(lr.is_finite() && lr > 0.0 && lr < 1.0) {
+        return Err(Error::usage(
+            "--lr",
+            format!("{lr} (give a rate between 0 and 1)"),
+        ));
+    }
+    let threads = args
+        .threads
+        .or(file.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let sha = args
+        .sha
+        .clone()
+        .or_else(|| std::env::var("GITHUB_SHA").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "local".to_string());
+    Ok(TrainSettings {
+        data: args
+            .data
+            .clone()
+            .or_else(|| file.data.clone())
+            .unwrap_or_else(|| PathBuf::from("work/data")),
+        out: args
+            .out
+            .clone()
+            .or_else(|| file.out.clone())
+            .unwrap_or_else(|| PathBuf::from("work/models")),
+        epochs: positive(
+            "--epochs",
+            args.epochs.or(m.file_epochs).unwrap_or(m.epochs),
+            100_000,
+        )?,
+        patience: positive(
+            "--patience",
+            args.patience.or(m.file_patience).unwrap_or(m.patience),
+            100_000,
+        )?,
+        seed: args.seed.or(file.seed).unwrap_or(1),
+        device,
+        batch_size: positive(
+            "--batch-size",
+            args.batch_size
+                .or(m.file_batch_size)
+                .or(file.batch_size)
+                .unwrap_or(256),
+            1 << 20,
+        )?,
+        lr,
+        threads: positive("--threads", threads, 1024)?,
+        max_rows: args.max_rows.or(m.file_max_rows).unwrap_or(0),
+        sha,
+    })
+}
+
+pub fn resolve_train_power(args: &TrainPowerArgs, file: &ConfigFile) -> Result<PowerSettings> {
+    let p = &file.train.power;
+    let common = resolve_common(
+        &args.common,
+        &file.train,
+        ModelDefaults {
+            epochs: 100,
+            patience: 10,
+            file_epochs: p.epochs,
+            file_patience: p.patience,
+            file_batch_size: p.batch_size,
+            file_lr: p.lr,
+            file_max_rows: p.max_rows,
+        },
+    )?;
+    let dropout = args.dropout.or(p.dropout).unwrap_or(0.0);
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(Error::usage(
+            "--dropout",
+            format!("{dropout} (give a probability in [0, 1))"),
+        ));
+    }
+    Ok(PowerSettings {
+        common,
+        hidden: [128, 64],
+        batch_norm: args.batch_norm || p.batch_norm.unwrap_or(false),
+        dropout,
+        residual: args.residual || p.residual.unwrap_or(false),
+    })
+}
+
+pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result<EmshapSettings> {
+    let e = &file.train.emshap;
+    let common = resolve_common(
+        &args.common,
+        &file.train,
+        ModelDefaults {
+            epochs: 20,
+            patience: 4,
+            file_epochs: e.epochs,
+            file_patience: e.patience,
+            file_batch_size: e.batch_size,
+            file_lr: e.lr,
+            file_max_rows: e.max_rows,
+        },
+    )?;
+    let (mask_min, mask_max) = match args.mask_rate.as_ref().or(e.mask_rate.as_ref()) {
+        Some(v) if v.len() == 2 => (v[0], v[1]),
+        Some(_) => {
+            return Err(Error::usage(
+                "--mask-rate",
+                "give the first and last epoch's rates, e.g. 0.2,0.8",
+            ))
+        }
+        None => (0.2, 0.8),
+    };
+    if !(mask_min > 0.0 && mask_min <= mask_max && mask_max <= 1.0) {
+        return Err(Error::usage(
+            "--mask-rate",
+            format!("{mask_min},{mask_max}: need 0 < first <= last <= 1"),
+        ));
+    }
+    Ok(EmshapSettings {
+        common,
+        proposals: positive(
+            "--proposals",
+            args.proposals.or(e.proposals).unwrap_or(20),
+            4096,
+        )?,
+        mixtures: positive(
+            "--mixtures",
+            args.mixtures.or(e.mixtures).unwrap_or(10),
+            1024,
+        )?,
+        context: positive("[train.emshap] context", e.context.unwrap_or(32), 4096)?,
+        gru_hidden: positive(
+            "[train.emshap] gru_hidden",
+            e.gru_hidden.unwrap_or(64),
+            4096,
+        )?,
+        energy_hidden: positive(
+            "[train.emshap] energy_hidden",
+            e.energy_hidden.unwrap_or(128),
+            4096,
+        )?,
+        energy_blocks: e.energy_blocks.unwrap_or(4),
+        mask_min,
+        mask_max,
+        val_rows: positive(
+            "[train.emshap] val_rows",
+            e.val_rows.unwrap_or(4096),
+            1 << 30,
+        )?,
     })
 }
 

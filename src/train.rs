@@ -1,0 +1,245 @@
+//! `train power` and `train emshap`: DESIGN §4's models in tch (libtorch), early stopping on
+//! the validation loss, the best weights kept, the history written as JSON, the export to
+//! DESIGN §5's ONNX contracts, and the proof that ONNX Runtime computes what libtorch does.
+//!
+//! The settings types live here unconditionally so that config resolution compiles and is
+//! tested without libtorch; the training itself needs the `torch` feature. Nothing is
+//! written to the model folder until training, export and the proof have all succeeded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+#[cfg(feature = "torch")]
+mod data;
+#[cfg(feature = "torch")]
+mod emshap;
+#[cfg(feature = "torch")]
+mod fit;
+#[cfg(feature = "torch")]
+mod power;
+#[cfg(feature = "torch")]
+mod tensors;
+
+pub const POWER_ONNX: &str = "power_predictor.onnx";
+pub const EMSHAP_ONNX: &str = "emshap_model.onnx";
+pub const POWER_CHECKPOINT: &str = "power.safetensors";
+pub const EMSHAP_CHECKPOINT: &str = "emshap.safetensors";
+pub const POWER_HISTORY: &str = "power_history.json";
+pub const EMSHAP_HISTORY: &str = "emshap_history.json";
+/// Rows of real data the exported graph is compared on against libtorch (at least).
+pub const PROOF_ROWS: usize = 1000;
+/// Largest accepted |ort − tch|, relative to max(scale, |tch|) per element, where the scale
+/// is 1 for unitless outputs and the standard deviation for outputs in raw units.
+pub const PROOF_TOLERANCE: f64 = 1e-4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// What both models' training needs, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSettings {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub epochs: usize,
+    pub patience: usize,
+    pub seed: u64,
+    pub device: DeviceChoice,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub threads: usize,
+    /// A seeded sample of at most this many train rows; 0 = all.
+    pub max_rows: usize,
+    /// Recorded in the ONNX metadata.
+    pub sha: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PowerSettings {
+    #[serde(flatten)]
+    pub common: TrainSettings,
+    pub hidden: [i64; 2],
+    pub batch_norm: bool,
+    pub dropout: f64,
+    pub residual: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmshapSettings {
+    #[serde(flatten)]
+    pub common: TrainSettings,
+    /// K: proposal samples per unobserved feature.
+    pub proposals: usize,
+    /// M: Gaussian components of the proposal.
+    pub mixtures: usize,
+    /// C: the context vector's length.
+    pub context: usize,
+    pub gru_hidden: usize,
+    pub energy_hidden: usize,
+    pub energy_blocks: usize,
+    pub mask_min: f64,
+    pub mask_max: f64,
+    /// Validation rows the per-epoch validation loss is computed on.
+    pub val_rows: usize,
+}
+
+impl EmshapSettings {
+    /// r(e) = r_min + (r_max − r_min)·e/(E − 1), DESIGN §4.
+    pub fn mask_rate(&self, epoch: usize) -> f64 {
+        let e = self.common.epochs;
+        if e <= 1 {
+            return self.mask_min;
+        }
+        self.mask_min + (self.mask_max - self.mask_min) * epoch as f64 / (e - 1) as f64
+    }
+}
+
+/// One epoch of the training history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    /// EMSHAP: mean −log p̂ over the masked validation entries (standardised units).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_nll: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_rate: Option<f64>,
+    pub lr: f64,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+}
+
+/// `<model>_history.json`: everything needed to plot and reproduce the training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct History {
+    pub format: String,
+    pub model: String,
+    pub device: String,
+    pub seed: u64,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub rows_train: usize,
+    pub rows_val: usize,
+    pub snapshot_sha256: String,
+    pub settings: serde_json::Value,
+    pub epochs: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    pub best_val_loss: f64,
+    pub stopped_early: bool,
+    /// Test-split figures from libtorch (evaluate re-scores through ONNX Runtime).
+    pub test: BTreeMap<String, f64>,
+    /// The export proof: rows compared and the largest difference per output.
+    pub proof: Proof,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Proof {
+    pub rows: usize,
+    pub tolerance: f64,
+    /// Largest |ort − tch| / max(scale, |tch|) per output.
+    pub max_rel_diff: BTreeMap<String, f64>,
+}
+
+/// What `train` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub model: String,
+    pub device: String,
+    pub out: PathBuf,
+    pub files: Vec<String>,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub best_val_loss: f64,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+    pub test: BTreeMap<String, f64>,
+    pub proof: Proof,
+}
+
+#[cfg(not(feature = "torch"))]
+fn no_torch() -> Error {
+    Error::usage(
+        "train",
+        "this emshap-ci was built without libtorch (build with `cargo build --release --features torch`, as scripts/run.sh does)",
+    )
+}
+
+/// Trains the power predictor and writes its checkpoint, history and ONNX file.
+pub fn train_power(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
+    #[cfg(feature = "torch")]
+    {
+        power::train(s, progress)
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = (s, progress);
+        Err(no_torch())
+    }
+}
+
+/// Trains EMSHAP and writes its checkpoint, history and ONNX file.
+pub fn train_emshap(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
+    #[cfg(feature = "torch")]
+    {
+        emshap::train(s, progress)
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = (s, progress);
+        Err(no_torch())
+    }
+}
+
+/// Writes a trained model's files together (ONNX, checkpoint, history, and the snapshot's
+/// scaler.json beside them) and makes the report.
+#[cfg(feature = "torch")]
+fn finish(
+    vs: &tch::nn::VarStore,
+    snap: &data::Snapshot,
+    history: History,
+    seconds: f64,
+    onnx: &[(&str, Vec<u8>)],
+    checkpoint: &str,
+    history_file: &str,
+) -> Result<TrainReport> {
+    let mut files: Vec<(&str, Vec<u8>)> = onnx.to_vec();
+    files.push((checkpoint, tensors::safetensors(vs)?));
+    let mut json = serde_json::to_vec_pretty(&history).map_err(|e| Error::Internal(e.into()))?;
+    json.push(b'\n');
+    files.push((history_file, json));
+    files.push((
+        crate::pull::snapshot::SCALER_FILE,
+        snap.scaler_bytes.clone(),
+    ));
+    let out = history
+        .settings
+        .get("out")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("settings have no out")))?;
+    let written = tensors::write_all(&out, &files)?;
+    let rows: usize = history.epochs.len() * history.rows_train;
+    Ok(TrainReport {
+        model: history.model.clone(),
+        device: history.device.clone(),
+        out,
+        files: written,
+        epochs_run: history.epochs.len(),
+        best_epoch: history.best_epoch,
+        best_val_loss: history.best_val_loss,
+        seconds,
+        samples_per_s: rows as f64 / seconds.max(1e-9),
+        test: history.test.clone(),
+        proof: history.proof.clone(),
+    })
+}

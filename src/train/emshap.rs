@@ -1,0 +1,897 @@
+//! EMSHAP (DESIGN §4): a GRU proposal giving, per feature, a mixture of M Gaussians and a
+//! context vector from the observed features; a residual energy network scoring candidate
+//! values; the importance-sampled loss with K proposal samples; dynamic masking.
+//!
+//! Less work than the textbook formulation, same function: energies are computed only for
+//! unobserved (row, feature) entries, and the part of the energy network's first layer that
+//! depends on the feature's one-hot and context (not on the candidate value) is computed
+//! once per entry instead of once per candidate. The GRU runs one step from a zero state, so
+//! its recurrent weights multiply zero: only the input weights and both biases exist.
+//!
+//! The exported graph takes the caller's randomness (`noise`, `component_u`), so it is
+//! deterministic, and the proof compares it with `dense`, the same computation in libtorch.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use super::data::{self, Snapshot, Split};
+use super::fit::{self, Trainee};
+use super::power::{
+    metadata, proof_rows, raw_features, sample_rows, scaler_nodes, standardise_like_graph,
+};
+use super::tensors::{self, Comparison};
+use super::{EmshapSettings, History, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX};
+use crate::error::{Error, Result};
+use crate::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
+use crate::progress::Progress;
+
+const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_7;
+const SCALE_FLOOR: f64 = 1e-3;
+const ENERGY_MAX: f64 = 30.0;
+/// Rows per libtorch/ONNX Runtime call when scoring (bounds memory: rows·(K+1)·d·hidden).
+const CHUNK: usize = 256;
+
+pub struct Net {
+    d: i64,
+    m: i64,
+    c: i64,
+    w_ih: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    head1: nn::Linear,
+    head2: nn::Linear,
+    inp: nn::Linear,
+    blocks: Vec<(nn::Linear, nn::Linear)>,
+    out: nn::Linear,
+}
+
+/// The proposal's parameters for a batch: [B, d, M] ×3 and the context [B, d, C].
+struct Proposal {
+    logits: Tensor,
+    means: Tensor,
+    scales: Tensor,
+    ctx: Tensor,
+}
+
+/// The caller's randomness, per entry: uniforms choosing the component, standard normals.
+enum Draws<'a> {
+    Fresh,
+    /// [N, d, K] each, row-major over entries.
+    Given {
+        u: &'a Tensor,
+        z: &'a Tensor,
+    },
+}
+
+/// Sums over one batch of the loss terms.
+struct LossSums {
+    /// −Σ_rows Σ_i u_i (log q_i(x_i) + log p̂_i(x_i)).
+    loss: Tensor,
+    /// −Σ log p̂_i(x_i) over the unobserved entries.
+    nll: Tensor,
+    entries: i64,
+}
+
+impl Net {
+    fn new(p: &nn::Path, d: i64, s: &EmshapSettings) -> Self {
+        let (m, c, h, eh) = (
+            s.mixtures as i64,
+            s.context as i64,
+            s.gru_hidden as i64,
+            s.energy_hidden as i64,
+        );
+        // PyTorch's GRU initialisation: U(−1/√H, 1/√H).
+        let k = 1.0 / (h as f64).sqrt();
+        let init = nn::Init::Uniform { lo: -k, up: k };
+        let gru = p / "gru";
+        Net {
+            d,
+            m,
+            c,
+            w_ih: gru.var("weight_ih", &[3 * h, 2 * d], init),
+            b_ih: gru.var("bias_ih", &[3 * h], init),
+            b_hh: gru.var("bias_hh", &[3 * h], init),
+            head1: nn::linear(p / "head1", h, 128, Default::default()),
+            head2: nn::linear(p / "head2", 128, d * (3 * m + c), Default::default()),
+            inp: nn::linear(p / "energy_in", 1 + d + c, eh, Default::default()),
+            blocks: (0..s.energy_blocks)
+                .map(|i| {
+                    (
+                        nn::linear(p / format!("block{i}_a"), eh, eh, Default::default()),
+                        nn::linear(p / format!("block{i}_b"), eh, eh, Default::default()),
+                    )
+                })
+                .collect(),
+            out: nn::linear(p / "energy_out", eh, 1, Default::default()),
+        }
+    }
+
+    fn proposal(&self, xs: &Tensor, b: &Tensor) -> Proposal {
+        let phi = Tensor::cat(&[xs * b, b.shallow_clone()], 1);
+        let g = phi.linear(&self.w_ih, Some(&self.b_ih)).chunk(3, 1);
+        let hh = self.b_hh.chunk(3, 0);
+        let r = (&g[0] + &hh[0]).sigmoid();
+        let z = (&g[1] + &hh[1]).sigmoid();
+        let n = (&g[2] + r * &hh[2]).tanh();
+        let h = (z.neg() + 1.0) * n;
+        let (m, c) = (self.m, self.c);
+        let p = self
+            .head2
+            .forward(&self.head1.forward(&h.relu()).relu())
+            .view([-1, self.d, 3 * m + c]);
+        Proposal {
+            logits: p.narrow(2, 0, m),
+            means: p.narrow(2, m, m),
+            scales: p.narrow(2, 2 * m, m).softplus() + SCALE_FLOOR,
+            ctx: p.narrow(2, 3 * m, c),
+        }
+    }
+
+    /// Energies E_i(v) of candidates `cand` [P, K'] for entries of features `cols` [P] with
+    /// contexts `ctx` [P, C]. The candidate-independent part of the first layer is computed
+    /// once per entry.
+    fn energy(&self, cand: &Tensor, ctx: &Tensor, cols: &Tensor) -> Tensor {
+        let w = &self.inp.ws;
+        let w_v = w.narrow(1, 0, 1).squeeze_dim(1);
+        let w_oh_t = w.narrow(1, 1, self.d).tr();
+        let w_c = w.narrow(1, 1 + self.d, self.c);
+        let base = ctx.linear(&w_c, self.inp.bs.as_ref()) + w_oh_t.index_select(0, cols);
+        let mut h = cand.unsqueeze(2) * w_v + base.unsqueeze(1);
+        for (a, b) in &self.blocks {
+            h = &h + b.forward(&a.forward(&h).relu());
+        }
+        self.out
+            .forward(&h.relu())
+            .squeeze_dim(2)
+            .softplus()
+            .clamp(0.0, ENERGY_MAX)
+    }
+}
+
+/// log q_i(v) of the mixture, for values `v` [P, K'] and the entries' parameters [P, M].
+fn log_q(v: &Tensor, logits: &Tensor, means: &Tensor, scales: &Tensor) -> Tensor {
+    let logpi = logits.log_softmax(-1, Kind::Float).unsqueeze(1);
+    let z = (v.unsqueeze(2) - means.unsqueeze(1)) / scales.unsqueeze(1);
+    let lp = z.square() * -0.5 - scales.log().unsqueeze(1) - HALF_LOG_2PI;
+    (logpi + lp).logsumexp([2i64].as_slice(), false)
+}
+
+/// Draws v = μ_c + σ_c·z with the component c chosen by inverse CDF of `u` (as the graph does).
+fn sample(logits: &Tensor, means: &Tensor, scales: &Tensor, u: &Tensor, z: &Tensor) -> Tensor {
+    let m = logits.size()[1];
+    let cdf = logits.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+    let comp = cdf
+        .unsqueeze(1)
+        .lt_tensor(&u.unsqueeze(2))
+        .sum_dim_intlist([2i64].as_slice(), false, Kind::Int64)
+        .clamp_max(m - 1);
+    means.gather(1, &comp, false) + scales.gather(1, &comp, false) * z
+}
+
+fn entries(t: &Tensor, flat: &Tensor) -> Tensor {
+    let last = *t.size().last().expect("rank ≥ 1");
+    t.reshape([-1, last]).index_select(0, flat)
+}
+
+/// What the scoring pass returns for the entries it was given.
+struct Scored {
+    /// Candidates v [P, K] (standardised), their weights [P, K], and per entry
+    /// log p̂(x) [P] and log q(x) [P].
+    v: Tensor,
+    w: Tensor,
+    log_p: Tensor,
+    log_q_x: Tensor,
+}
+
+impl Net {
+    /// Scores the entries `flat` (indices into the [B·d] grid) of a batch.
+    fn score(&self, xs: &Tensor, b: &Tensor, flat: &Tensor, k: i64, draws: &Draws) -> Scored {
+        let prop = self.proposal(xs, b);
+        let cols = flat.remainder(self.d);
+        let (le, me, se, ce) = (
+            entries(&prop.logits, flat),
+            entries(&prop.means, flat),
+            entries(&prop.scales, flat),
+            entries(&prop.ctx, flat),
+        );
+        let x_e = xs.reshape([-1]).index_select(0, flat);
+        let p = flat.size()[0];
+        let (v, log_q_v) = tch::no_grad(|| {
+            let (u, z) = match draws {
+                Draws::Fresh => (
+                    Tensor::rand([p, k], (Kind::Float, xs.device())),
+                    Tensor::randn([p, k], (Kind::Float, xs.device())),
+                ),
+                Draws::Given { u, z } => (entries(u, flat), entries(z, flat)),
+            };
+            let v = sample(&le, &me, &se, &u, &z);
+            let lq = log_q(&v, &le, &me, &se);
+            (v, lq)
+        });
+        let log_q_x = log_q(&x_e.unsqueeze(1), &le, &me, &se).squeeze_dim(1);
+        let cand = Tensor::cat(&[x_e.unsqueeze(1), v.shallow_clone()], 1);
+        let e = self.energy(&cand, &ce, &cols);
+        let e_x = e.select(1, 0);
+        let logw = e.narrow(1, 1, k).neg() - log_q_v;
+        let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
+        let log_p = e_x.neg() - log_z;
+        Scored {
+            v,
+            w: logw.softmax(1, Kind::Float),
+            log_p,
+            log_q_x,
+        }
+    }
+
+    fn loss(&self, xs: &Tensor, b: &Tensor, k: i64, draws: &Draws) -> LossSums {
+        let flat = (b.neg() + 1.0).reshape([-1]).nonzero().squeeze_dim(1);
+        let entries = flat.size()[0];
+        let s = self.score(xs, b, &flat, k, draws);
+        LossSums {
+            loss: (&s.log_q_x + &s.log_p).sum(Kind::Float).neg(),
+            nll: s.log_p.sum(Kind::Float).neg(),
+            entries,
+        }
+    }
+
+    /// The graph's computation in libtorch, standardised units: for every entry of
+    /// xs [N, d] with observed b [N, d] and randomness u, z [N, K, d], returns imputed [N, d],
+    /// samples [N, K, d], weights [N, K, d] and log p̂ [N, d] (not yet masked).
+    fn dense(&self, xs: &Tensor, b: &Tensor, u: &Tensor, z: &Tensor) -> [Tensor; 4] {
+        let (n, k, d) = (xs.size()[0], u.size()[1], self.d);
+        let flat = Tensor::arange(n * d, (Kind::Int64, xs.device()));
+        let u = u.permute([0, 2, 1]).contiguous();
+        let z = z.permute([0, 2, 1]).contiguous();
+        let s = self.score(xs, b, &flat, k, &Draws::Given { u: &u, z: &z });
+        let imputed = (&s.w * &s.v).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let to_nkd = |t: &Tensor| t.view([n, d, k]).permute([0, 2, 1]).contiguous();
+        [
+            imputed.view([n, d]),
+            to_nkd(&s.v),
+            to_nkd(&s.w),
+            s.log_p.view([n, d]),
+        ]
+    }
+
+    /// The proposal's CDF per entry, [N, d, M] (for keeping the proof's uniforms off its
+    /// steps, where two runtimes may round to different components).
+    fn cdf(&self, xs: &Tensor, b: &Tensor) -> Tensor {
+        self.proposal(xs, b)
+            .logits
+            .softmax(-1, Kind::Float)
+            .cumsum(-1, Kind::Float)
+    }
+}
+
+/// Observed (1) / unobserved (0) per entry: each unobserved with probability `rate`, at
+/// least one unobserved per row (DESIGN §4).
+pub fn masks(rng: &mut ChaCha8Rng, n: usize, d: usize, rate: f64) -> Vec<f32> {
+    let mut b = vec![1.0f32; n * d];
+    for row in b.chunks_mut(d) {
+        let mut any = false;
+        for v in row.iter_mut() {
+            if rng.random::<f64>() < rate {
+                *v = 0.0;
+                any = true;
+            }
+        }
+        if !any {
+            row[rng.random_range(0..d)] = 0.0;
+        }
+    }
+    b
+}
+
+/// Fixed randomness for scoring: masks at `rate`, uniforms and normals [N, K, d].
+pub struct FixedDraws {
+    pub observed: Vec<f32>,
+    pub u: Vec<f32>,
+    pub z: Vec<f32>,
+}
+
+pub fn fixed_draws(seed: u64, n: usize, k: usize, d: usize, rate: f64) -> FixedDraws {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let observed = masks(&mut rng, n, d, rate);
+    let u = (0..n * k * d).map(|_| rng.random::<f32>()).collect();
+    let z = (0..n * k * d)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    FixedDraws { observed, u, z }
+}
+
+struct Emshap<'a> {
+    net: &'a Net,
+    s: &'a EmshapSettings,
+    x: Tensor,
+    val_x: Tensor,
+    val_b: Tensor,
+    val_u: Tensor,
+    val_z: Tensor,
+    device: Device,
+}
+
+impl Trainee for Emshap<'_> {
+    fn rows(&self) -> usize {
+        self.x.size()[0] as usize
+    }
+
+    fn mask_rate(&self, epoch: usize) -> Option<f64> {
+        Some(self.s.mask_rate(epoch))
+    }
+
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        opt: &mut nn::Optimizer,
+        rng: &mut ChaCha8Rng,
+        progress: &Progress,
+    ) -> Result<f64> {
+        let n = self.rows();
+        let d = self.net.d as usize;
+        let rate = self.s.mask_rate(epoch);
+        let bs = self.s.common.batch_size;
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        order.shuffle(rng);
+        let order = Tensor::from_slice(&order).to_device(self.device);
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        for start in (0..n).step_by(bs) {
+            let len = bs.min(n - start);
+            let xb = self
+                .x
+                .index_select(0, &order.narrow(0, start as i64, len as i64));
+            let b = tensors::matrix(&masks(rng, len, d, rate), len, d, self.device);
+            let sums = self
+                .net
+                .loss(&xb, &b, self.s.proposals as i64, &Draws::Fresh);
+            let loss = sums.loss / len as f64;
+            opt.backward_step(&loss);
+            total += loss.detach() * len as f64;
+            progress.inc(len as u64);
+        }
+        Ok(total.double_value(&[]) / n as f64)
+    }
+
+    fn validate(&self) -> Result<(f64, Option<f64>)> {
+        let n = self.val_x.size()[0];
+        let (mut loss, mut nll, mut entries) = (0.0, 0.0, 0i64);
+        tch::no_grad(|| {
+            for start in (0..n).step_by(CHUNK) {
+                let len = (CHUNK as i64).min(n - start);
+                let sl = |t: &Tensor| t.narrow(0, start, len);
+                let (u, z) = (sl(&self.val_u), sl(&self.val_z));
+                let sums = self.net.loss(
+                    &sl(&self.val_x),
+                    &sl(&self.val_b),
+                    self.s.proposals as i64,
+                    &Draws::Given { u: &u, z: &z },
+                );
+                loss += sums.loss.double_value(&[]);
+                nll += sums.nll.double_value(&[]);
+                entries += sums.entries;
+            }
+        });
+        Ok((loss / n as f64, Some(nll / entries.max(1) as f64)))
+    }
+}
+
+/// Runs `dense` over rows in chunks; returns the four outputs flattened, standardised.
+fn dense_all(
+    net: &Net,
+    xs: &[f32],
+    draws: &FixedDraws,
+    n: usize,
+    k: usize,
+    d: usize,
+    device: Device,
+) -> [Vec<f32>; 4] {
+    let mut out: [Vec<f32>; 4] = Default::default();
+    tch::no_grad(|| {
+        for start in (0..n).step_by(CHUNK) {
+            let len = CHUNK.min(n - start);
+            let rows = |v: &[f32], w: usize| {
+                tensors::matrix(&v[start * w..(start + len) * w], len, w, device)
+            };
+            let x = rows(xs, d);
+            let b = rows(&draws.observed, d);
+            let u = rows(&draws.u, k * d).view([len as i64, k as i64, d as i64]);
+            let z = rows(&draws.z, k * d).view([len as i64, k as i64, d as i64]);
+            for (acc, t) in out.iter_mut().zip(net.dense(&x, &b, &u, &z)) {
+                acc.extend(tensors::to_vec(&t));
+            }
+        }
+    });
+    out
+}
+
+/// Test-split figures in libtorch at mask rate 0.5 (evaluate re-scores through ONNX
+/// Runtime): NLL and imputation RMSE over the masked entries, each error divided by the
+/// feature's test standard deviation, and the mean-imputation RMSE for comparison.
+fn test_kpis(
+    net: &Net,
+    snap: &Snapshot,
+    k: usize,
+    seed: u64,
+    device: Device,
+) -> BTreeMap<String, f64> {
+    let t = &snap.test;
+    let (n, d) = (t.n.min(4096), t.d);
+    let draws = fixed_draws(seed ^ 0x7e57, n, k, d, 0.5);
+    let xs = &t.x[..n * d];
+    let [imputed, _, _, log_p] = dense_all(net, xs, &draws, n, k, d, device);
+    let sd_test: Vec<f64> = (0..d)
+        .map(|j| {
+            let col: Vec<f64> = (0..t.n).map(|i| f64::from(t.x[i * d + j])).collect();
+            let mean = col.iter().sum::<f64>() / col.len() as f64;
+            let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64;
+            var.sqrt().max(1e-12)
+        })
+        .collect();
+    let (mut se, mut se_mean, mut nll, mut cnt) = (0.0, 0.0, 0.0, 0usize);
+    for i in 0..n * d {
+        if draws.observed[i] > 0.5 {
+            continue;
+        }
+        let j = i % d;
+        let truth = f64::from(xs[i]);
+        se += ((f64::from(imputed[i]) - truth) / sd_test[j]).powi(2);
+        // Mean imputation: the training mean, 0 in standardised units.
+        se_mean += (truth / sd_test[j]).powi(2);
+        nll += -f64::from(log_p[i]) + snap.scaler.std[j].ln();
+        cnt += 1;
+    }
+    let cnt = cnt.max(1) as f64;
+    let mut m = BTreeMap::new();
+    m.insert("nll".into(), nll / cnt);
+    m.insert("imputation_rmse".into(), (se / cnt).sqrt());
+    m.insert("mean_imputation_rmse".into(), (se_mean / cnt).sqrt());
+    m.insert("rows".into(), n as f64);
+    m
+}
+
+fn weights_of(t: &Tensor) -> Vec<f32> {
+    tensors::to_vec(t)
+}
+
+fn export(net: &Net, snap: &Snapshot, s: &EmshapSettings) -> Vec<u8> {
+    let (d, m, c) = (net.d, net.m, net.c);
+    let mut g = GraphBuilder::new();
+    let features = g.input("features", &[Dim::Named("N"), Dim::Fixed(d)]);
+    let observed = g.input("observed", &[Dim::Named("N"), Dim::Fixed(d)]);
+    let noise = g.input("noise", &[Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)]);
+    let cu = g.input(
+        "component_u",
+        &[Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)],
+    );
+    let xs = scaler_nodes(&mut g, &features, snap);
+    let half = g.scalar("half", 0.5);
+    let zero = g.scalar("zero", 0.0);
+    let one = g.scalar("one", 1.0);
+    let obs = g.op("Greater", &[&observed, &half], vec![]);
+    let obs_f = g.op("Cast", &[&obs], vec![attr_int("to", 1)]);
+    let xb = g.op("Where", &[&obs, &xs, &zero], vec![]);
+    let phi = g.op("Concat", &[&xb, &obs_f], vec![attr_int("axis", 1)]);
+
+    // GRU, one step from h0 = 0: r and z take both biases; n takes r·b_hn.
+    let h = net.w_ih.size()[0] / 3;
+    let w_ih = net.w_ih.detach().to_device(Device::Cpu);
+    let b_ih = net.b_ih.detach().to_device(Device::Cpu);
+    let b_hh = net.b_hh.detach().to_device(Device::Cpu);
+    let gate = |g: &mut GraphBuilder, k: i64, with_hh: bool, name: &str| {
+        let w = w_ih.narrow(0, k * h, h);
+        let b = if with_hh {
+            b_ih.narrow(0, k * h, h) + b_hh.narrow(0, k * h, h)
+        } else {
+            b_ih.narrow(0, k * h, h)
+        };
+        let wn = g.constant(&format!("gru_w{name}"), &[h, 2 * d], &weights_of(&w));
+        let bn = g.constant(&format!("gru_b{name}"), &[h], &weights_of(&b));
+        g.op("Gemm", &[&phi, &wn, &bn], vec![attr_int("transB", 1)])
+    };
+    let r = gate(&mut g, 0, true, "r");
+    let r = g.op("Sigmoid", &[&r], vec![]);
+    let z = gate(&mut g, 1, true, "z");
+    let z = g.op("Sigmoid", &[&z], vec![]);
+    let n = gate(&mut g, 2, false, "n");
+    let bhn = g.constant("gru_bhn", &[h], &weights_of(&b_hh.narrow(0, 2 * h, h)));
+    let rb = g.op("Mul", &[&r, &bhn], vec![]);
+    let n = g.op("Add", &[&n, &rb], vec![]);
+    let n = g.op("Tanh", &[&n], vec![]);
+    let omz = g.op("Sub", &[&one, &z], vec![]);
+    let hid = g.op("Mul", &[&omz, &n], vec![]);
+
+    let linear = |g: &mut GraphBuilder, input: &str, l: &nn::Linear, name: &str| {
+        let w = l.ws.detach().to_device(Device::Cpu);
+        let wn = g.constant(&format!("{name}_weight"), &w.size(), &weights_of(&w));
+        let bn = g.constant(
+            &format!("{name}_bias"),
+            &[w.size()[0]],
+            &weights_of(l.bs.as_ref().expect("bias")),
+        );
+        g.op("Gemm", &[input, &wn, &bn], vec![attr_int("transB", 1)])
+    };
+    let hid = g.op("Relu", &[&hid], vec![]);
+    let hid = linear(&mut g, &hid, &net.head1, "head1");
+    let hid = g.op("Relu", &[&hid], vec![]);
+    let p = linear(&mut g, &hid, &net.head2, "head2");
+    let shape = g.constant_i64("params_shape", &[3], &[-1, d, 3 * m + c]);
+    let p = g.op("Reshape", &[&p, &shape], vec![]);
+    let axis2 = g.constant_i64("axis2", &[1], &[2]);
+    let slice = |g: &mut GraphBuilder, input: &str, from: i64, to: i64, axes: &str| {
+        let s = g.constant_i64("start", &[1], &[from]);
+        let e = g.constant_i64("end", &[1], &[to]);
+        g.op("Slice", &[input, &s, &e, axes], vec![])
+    };
+    let logits = slice(&mut g, &p, 0, m, &axis2);
+    let means = slice(&mut g, &p, m, 2 * m, &axis2);
+    let sraw = slice(&mut g, &p, 2 * m, 3 * m, &axis2);
+    let ctx = slice(&mut g, &p, 3 * m, 3 * m + c, &axis2);
+    let floor = g.scalar("scale_floor", SCALE_FLOOR as f32);
+    let scales = g.op("Softplus", &[&sraw], vec![]);
+    let scales = g.op("Add", &[&scales, &floor], vec![]);
+
+    // Sampling by inverse CDF: component = #{m : cdf_m < u}, capped at M − 1.
+    let ax1 = g.constant_i64("axis1", &[1], &[1]);
+    let ax3 = g.constant_i64("axis3", &[1], &[3]);
+    let probs = g.op("Softmax", &[&logits], vec![attr_int("axis", 2)]);
+    let ax2_scalar = g.constant_i64("cumsum_axis", &[], &[2]);
+    let cdf = g.op("CumSum", &[&probs, &ax2_scalar], vec![]);
+    let cdf4 = g.op("Unsqueeze", &[&cdf, &ax1], vec![]);
+    let u4 = g.op("Unsqueeze", &[&cu, &ax3], vec![]);
+    let below = g.op("Less", &[&cdf4, &u4], vec![]);
+    let below = g.op("Cast", &[&below], vec![attr_int("to", 1)]);
+    let count = g.op("ReduceSum", &[&below, &ax3], vec![attr_int("keepdims", 0)]);
+    let last = g.scalar("last_component", (m - 1) as f32);
+    let comp = g.op("Min", &[&count, &last], vec![]);
+    let comp4 = g.op("Unsqueeze", &[&comp, &ax3], vec![]);
+    let range: Vec<f32> = (0..m).map(|v| v as f32).collect();
+    let range = g.constant("components", &[m], &range);
+    let onehot = g.op("Equal", &[&comp4, &range], vec![]);
+    let onehot = g.op("Cast", &[&onehot], vec![attr_int("to", 1)]);
+    let means4 = g.op("Unsqueeze", &[&means, &ax1], vec![]);
+    let scales4 = g.op("Unsqueeze", &[&scales, &ax1], vec![]);
+    let pick = |g: &mut GraphBuilder, of: &str| {
+        let t = g.op("Mul", &[&onehot, of], vec![]);
+        g.op("ReduceSum", &[&t, &ax3], vec![attr_int("keepdims", 0)])
+    };
+    let mu = pick(&mut g, &means4);
+    let sd = pick(&mut g, &scales4);
+    let step = g.op("Mul", &[&sd, &noise], vec![]);
+    let v = g.op("Add", &[&mu, &step], vec![]);
+
+    // log q of the mixture at values [N, K', d].
+    let logpi = g.op("LogSoftmax", &[&logits], vec![attr_int("axis", 2)]);
+    let logpi4 = g.op("Unsqueeze", &[&logpi, &ax1], vec![]);
+    let logs = g.op("Log", &[&scales], vec![]);
+    let logs4 = g.op("Unsqueeze", &[&logs, &ax1], vec![]);
+    let neg_half = g.scalar("neg_half", -0.5);
+    let c2pi = g.scalar("half_log_2pi", HALF_LOG_2PI as f32);
+    let log_q = |g: &mut GraphBuilder, val: &str| {
+        let v4 = g.op("Unsqueeze", &[val, &ax3], vec![]);
+        let diff = g.op("Sub", &[&v4, &means4], vec![]);
+        let zz = g.op("Div", &[&diff, &scales4], vec![]);
+        let sq = g.op("Mul", &[&zz, &zz], vec![]);
+        let lp = g.op("Mul", &[&sq, &neg_half], vec![]);
+        let lp = g.op("Sub", &[&lp, &logs4], vec![]);
+        let lp = g.op("Sub", &[&lp, &c2pi], vec![]);
+        let t = g.op("Add", &[&logpi4, &lp], vec![]);
+        g.op(
+            "ReduceLogSumExp",
+            &[&t],
+            vec![attr_ints("axes", &[3]), attr_int("keepdims", 0)],
+        )
+    };
+    let lq_v = log_q(&mut g, &v);
+
+    // Energies of [x, v_1..v_K]: the first layer's per-entry part once, then per candidate.
+    let w = net.inp.ws.detach().to_device(Device::Cpu);
+    let eh = w.size()[0];
+    let w_v = g.constant("energy_wv", &[eh], &weights_of(&w.narrow(1, 0, 1)));
+    let w_oh_t = g.constant(
+        "energy_onehot",
+        &[d, eh],
+        &weights_of(&w.narrow(1, 1, d).tr()),
+    );
+    let w_c_t = g.constant(
+        "energy_wc",
+        &[c, eh],
+        &weights_of(&w.narrow(1, 1 + d, c).tr()),
+    );
+    let b_in = g.constant(
+        "energy_bias",
+        &[eh],
+        &weights_of(net.inp.bs.as_ref().expect("bias")),
+    );
+    let base = g.op("MatMul", &[&ctx, &w_c_t], vec![]);
+    let base = g.op("Add", &[&base, &b_in], vec![]);
+    let base = g.op("Add", &[&base, &w_oh_t], vec![]);
+    let base4 = g.op("Unsqueeze", &[&base, &ax1], vec![]);
+    let xs3 = g.op("Unsqueeze", &[&xs, &ax1], vec![]);
+    let cand = g.op("Concat", &[&xs3, &v], vec![attr_int("axis", 1)]);
+    let cand4 = g.op("Unsqueeze", &[&cand, &ax3], vec![]);
+    let hh = g.op("Mul", &[&cand4, &w_v], vec![]);
+    let mut hh = g.op("Add", &[&hh, &base4], vec![]);
+    let matmul = |g: &mut GraphBuilder, input: &str, l: &nn::Linear, name: &str| {
+        let wt = l.ws.detach().to_device(Device::Cpu).tr();
+        let wn = g.constant(&format!("{name}_weight_t"), &wt.size(), &weights_of(&wt));
+        let bn = g.constant(
+            &format!("{name}_bias"),
+            &[wt.size()[1]],
+            &weights_of(l.bs.as_ref().expect("bias")),
+        );
+        let t = g.op("MatMul", &[input, &wn], vec![]);
+        g.op("Add", &[&t, &bn], vec![])
+    };
+    for (i, (a, b)) in net.blocks.iter().enumerate() {
+        let t = matmul(&mut g, &hh, a, &format!("block{i}_a"));
+        let t = g.op("Relu", &[&t], vec![]);
+        let t = matmul(&mut g, &t, b, &format!("block{i}_b"));
+        hh = g.op("Add", &[&hh, &t], vec![]);
+    }
+    let hh = g.op("Relu", &[&hh], vec![]);
+    let e = matmul(&mut g, &hh, &net.out, "energy_out");
+    let e = g.op("Squeeze", &[&e, &ax3], vec![]);
+    let e = g.op("Softplus", &[&e], vec![]);
+    let emax = g.scalar("energy_max", ENERGY_MAX as f32);
+    let e = g.op("Clip", &[&e, &zero, &emax], vec![]);
+    let s0 = g.constant_i64("start", &[1], &[0]);
+    let s1 = g.constant_i64("end", &[1], &[1]);
+    let send = g.constant_i64("end", &[1], &[i64::MAX]);
+    let e_x = g.op("Slice", &[&e, &s0, &s1, &ax1], vec![]);
+    let e_x = g.op("Squeeze", &[&e_x, &ax1], vec![]);
+    let e_v = g.op("Slice", &[&e, &s1, &send, &ax1], vec![]);
+
+    // Weights, imputation, and the density of the given values.
+    let neg_e = g.op("Neg", &[&e_v], vec![]);
+    let logw = g.op("Sub", &[&neg_e, &lq_v], vec![]);
+    let weights = g.op("Softmax", &[&logw], vec![attr_int("axis", 1)]);
+    let wv = g.op("Mul", &[&weights, &v], vec![]);
+    let imp = g.op("ReduceSum", &[&wv, &ax1], vec![attr_int("keepdims", 0)]);
+    let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
+    let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
+    let log_std: Vec<f32> = snap.scaler.std.iter().map(|&v| v.ln() as f32).collect();
+    let mean_c = g.constant("raw_mean", &[d], &mean);
+    let std_c = g.constant("raw_std", &[d], &std);
+    let log_std_c = g.constant("raw_log_std", &[d], &log_std);
+    let imp = g.op("Mul", &[&imp, &std_c], vec![]);
+    let imp = g.op("Add", &[&imp, &mean_c], vec![]);
+    let imputed = g.op("Where", &[&obs, &features, &imp], vec![]);
+    let samples = g.op("Mul", &[&v, &std_c], vec![]);
+    let samples = g.op("Add", &[&samples, &mean_c], vec![]);
+    let shape = g.op("Shape", &[&noise], vec![]);
+    let k_idx = g.constant_i64("k_index", &[], &[1]);
+    let k_n = g.op("Gather", &[&shape, &k_idx], vec![attr_int("axis", 0)]);
+    let k_f = g.op("Cast", &[&k_n], vec![attr_int("to", 1)]);
+    let log_k = g.op("Log", &[&k_f], vec![]);
+    let lse = g.op(
+        "ReduceLogSumExp",
+        &[&logw],
+        vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
+    );
+    let log_z = g.op("Sub", &[&lse, &log_k], vec![]);
+    let neg_ex = g.op("Neg", &[&e_x], vec![]);
+    let logp = g.op("Sub", &[&neg_ex, &log_z], vec![]);
+    let logp = g.op("Sub", &[&logp, &log_std_c], vec![]);
+    let log_density = g.op("Where", &[&obs, &zero, &logp], vec![]);
+
+    let nd = [Dim::Named("N"), Dim::Fixed(d)];
+    let nkd = [Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)];
+    g.output(&imputed, "imputed", &nd);
+    g.output(&samples, "samples", &nkd);
+    g.output(&weights, "weights", &nkd);
+    g.output(&log_density, "log_density", &nd);
+    let mut meta = metadata(snap, &s.common.sha, "emshap");
+    meta.push(("proposals", s.proposals.to_string()));
+    meta.push(("mixtures", s.mixtures.to_string()));
+    g.finish("emshap_model", &meta).encode_to_vec()
+}
+
+/// Moves uniforms away from the proposal CDF's steps (by less than nothing that matters:
+/// the proof's draws are ours to choose), so a last-bit difference between the runtimes
+/// cannot pick a different component.
+fn keep_off_steps(u: &mut [f32], cdf: &[f32], n: usize, k: usize, d: usize, m: usize) {
+    for row in 0..n {
+        for kk in 0..k {
+            for j in 0..d {
+                let steps = &cdf[(row * d + j) * m..(row * d + j + 1) * m];
+                let x = &mut u[(row * k + kk) * d + j];
+                for _ in 0..16 {
+                    if steps.iter().all(|s| (s - *x).abs() > 1e-4) {
+                        break;
+                    }
+                    *x = (*x + 0.381_966).fract();
+                }
+            }
+        }
+    }
+}
+
+fn prove(
+    model: &[u8],
+    net: &Net,
+    snap: &Snapshot,
+    s: &EmshapSettings,
+    device: Device,
+) -> Result<super::Proof> {
+    let rows = proof_rows(snap);
+    let (n, d, k, m) = (rows.n, rows.d, s.proposals, s.mixtures);
+    let raw = raw_features(&rows.x, snap);
+    let xs = standardise_like_graph(&raw, snap);
+    let mut draws = fixed_draws(s.common.seed ^ 0x9f00f, n, k, d, 0.5);
+    let cdf = tch::no_grad(|| {
+        let mut all = Vec::with_capacity(n * d * m);
+        for start in (0..n).step_by(CHUNK) {
+            let len = CHUNK.min(n - start);
+            let x = tensors::matrix(&xs[start * d..(start + len) * d], len, d, device);
+            let b = tensors::matrix(
+                &draws.observed[start * d..(start + len) * d],
+                len,
+                d,
+                device,
+            );
+            all.extend(tensors::to_vec(&net.cdf(&x, &b)));
+        }
+        all
+    });
+    keep_off_steps(&mut draws.u, &cdf, n, k, d, m);
+    let [imp, v, w, log_p] = dense_all(net, &xs, &draws, n, k, d, device);
+    // The graph's raw-unit outputs, from the standardised ones, in f32 as the graph does.
+    let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
+    let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
+    let log_std: Vec<f32> = snap.scaler.std.iter().map(|&v| v.ln() as f32).collect();
+    let want_imputed: Vec<f32> = (0..n * d)
+        .map(|i| {
+            if draws.observed[i] > 0.5 {
+                raw[i]
+            } else {
+                imp[i] * std[i % d] + mean[i % d]
+            }
+        })
+        .collect();
+    let want_samples: Vec<f32> = v
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x * std[i % d] + mean[i % d])
+        .collect();
+    let want_density: Vec<f32> = (0..n * d)
+        .map(|i| {
+            if draws.observed[i] > 0.5 {
+                0.0
+            } else {
+                log_p[i] - log_std[i % d]
+            }
+        })
+        .collect();
+    let mut cmp = Comparison::default();
+    for start in (0..n).step_by(CHUNK) {
+        let len = CHUNK.min(n - start);
+        let nd = start * d..(start + len) * d;
+        let nkd = start * k * d..(start + len) * k * d;
+        let out = onnx::run(
+            model,
+            vec![
+                (
+                    "features",
+                    onnx::Tensor {
+                        shape: vec![len, d],
+                        data: raw[nd.clone()].to_vec(),
+                    },
+                ),
+                (
+                    "observed",
+                    onnx::Tensor {
+                        shape: vec![len, d],
+                        data: draws.observed[nd.clone()].to_vec(),
+                    },
+                ),
+                (
+                    "noise",
+                    onnx::Tensor {
+                        shape: vec![len, k, d],
+                        data: draws.z[nkd.clone()].to_vec(),
+                    },
+                ),
+                (
+                    "component_u",
+                    onnx::Tensor {
+                        shape: vec![len, k, d],
+                        data: draws.u[nkd.clone()].to_vec(),
+                    },
+                ),
+            ],
+            s.common.threads,
+        )?;
+        for (name, t) in &out {
+            let want: &[f32] = match name.as_str() {
+                "imputed" => &want_imputed[nd.clone()],
+                "samples" => &want_samples[nkd.clone()],
+                "weights" => &w[nkd.clone()],
+                "log_density" => &want_density[nd.clone()],
+                other => {
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "the EMSHAP graph has an unexpected output {other}"
+                    )))
+                }
+            };
+            // Raw-unit outputs are compared on the scale of their feature.
+            let sd = |i: usize| snap.scaler.std[i % d];
+            match name.as_str() {
+                "imputed" | "samples" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, sd)?,
+                _ => cmp.add(EMSHAP_ONNX, name, &t.data, want)?,
+            }
+        }
+    }
+    Ok(cmp.finish(n))
+}
+
+pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
+    let c = &s.common;
+    let snap = data::load(&c.data)?;
+    let device = tensors::device(c.device)?;
+    tch::set_num_threads(c.threads as i32);
+    tch::manual_seed(c.seed as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
+    let train_split: Split = sample_rows(&snap.train, c.max_rows, c.seed);
+    let d = train_split.d;
+    let k = s.proposals;
+    let vn = snap.val.n.min(s.val_rows);
+    let val = fixed_draws(c.seed ^ 0x7a1, vn, k, d, 0.5);
+    // The validation draws in the [N, d, K] layout the sparse loss indexes by entry.
+    let ndk = |v: &[f32]| {
+        tensors::matrix(v, vn, k * d, device)
+            .view([vn as i64, k as i64, d as i64])
+            .permute([0, 2, 1])
+            .contiguous()
+    };
+    let vs = nn::VarStore::new(device);
+    let net = Net::new(&vs.root(), d as i64, s);
+    let mut trainee = Emshap {
+        net: &net,
+        s,
+        x: tensors::matrix(&train_split.x, train_split.n, d, device),
+        val_x: tensors::matrix(&snap.val.x[..vn * d], vn, d, device),
+        val_b: tensors::matrix(&val.observed, vn, d, device),
+        val_u: ndk(&val.u),
+        val_z: ndk(&val.z),
+        device,
+    };
+    let fitted = fit::fit(&vs, &mut trainee, c, &mut rng, progress)?;
+    progress.finish();
+
+    let test = test_kpis(&net, &snap, k, c.seed, device);
+    let model = export(&net, &snap, s);
+    let proof = prove(&model, &net, &snap, s, device)?;
+    let history = History {
+        format: "emshap-ci.history/1".into(),
+        model: "emshap".into(),
+        device: tensors::device_name(device),
+        seed: c.seed,
+        threads: c.threads,
+        batch_size: c.batch_size,
+        rows_train: train_split.n,
+        rows_val: vn,
+        snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
+        settings: serde_json::to_value(s).map_err(|e| Error::Internal(e.into()))?,
+        epochs: fitted.epochs,
+        best_epoch: fitted.best_epoch,
+        best_val_loss: fitted.best_val_loss,
+        stopped_early: fitted.stopped_early,
+        test,
+        proof,
+    };
+    super::finish(
+        &vs,
+        &snap,
+        history,
+        fitted.seconds,
+        &[(EMSHAP_ONNX, model)],
+        EMSHAP_CHECKPOINT,
+        EMSHAP_HISTORY,
+    )
+}

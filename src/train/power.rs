@@ -1,0 +1,424 @@
+//! The power predictor (DESIGN §4): an MLP d→128→64→1 with ReLU (optional batch norm,
+//! dropout and a linear skip from the input to the second hidden layer), trained on the
+//! standardised target with MSE; exported with the scaler in front and the target's
+//! de-standardisation behind, so the graph maps raw metrics to watts.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::{self, Module, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use super::data::{self, Snapshot, Split};
+use super::fit::{self, Trainee};
+use super::tensors::{self, Comparison};
+use super::{History, PowerSettings, TrainReport, POWER_CHECKPOINT, POWER_HISTORY, POWER_ONNX};
+use crate::error::{Error, Result};
+use crate::onnx::{self, attr_int, Dim, GraphBuilder};
+use crate::progress::Progress;
+
+const BN_EPS: f64 = 1e-5;
+
+struct Net {
+    l1: nn::Linear,
+    bn1: Option<nn::BatchNorm>,
+    l2: nn::Linear,
+    bn2: Option<nn::BatchNorm>,
+    skip: Option<nn::Linear>,
+    l3: nn::Linear,
+    dropout: f64,
+}
+
+impl Net {
+    fn new(p: &nn::Path, d: i64, s: &PowerSettings) -> Self {
+        let [h1, h2] = s.hidden;
+        let bn = |name: &str, n: i64| {
+            s.batch_norm.then(|| {
+                nn::batch_norm1d(
+                    p / name,
+                    n,
+                    nn::BatchNormConfig {
+                        eps: BN_EPS,
+                        ..Default::default()
+                    },
+                )
+            })
+        };
+        Net {
+            l1: nn::linear(p / "l1", d, h1, Default::default()),
+            bn1: bn("bn1", h1),
+            l2: nn::linear(p / "l2", h1, h2, Default::default()),
+            bn2: bn("bn2", h2),
+            skip: s.residual.then(|| {
+                nn::linear(
+                    p / "skip",
+                    d,
+                    h2,
+                    nn::LinearConfig {
+                        bias: false,
+                        ..Default::default()
+                    },
+                )
+            }),
+            l3: nn::linear(p / "l3", h2, 1, Default::default()),
+            dropout: s.dropout,
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = self.l1.forward(x);
+        if let Some(bn) = &self.bn1 {
+            h = bn.forward_t(&h, train);
+        }
+        let h = h.relu().dropout(self.dropout, train);
+        let mut h = self.l2.forward(&h);
+        if let Some(bn) = &self.bn2 {
+            h = bn.forward_t(&h, train);
+        }
+        if let Some(skip) = &self.skip {
+            h = h + skip.forward(x);
+        }
+        let h = h.relu().dropout(self.dropout, train);
+        self.l3.forward(&h)
+    }
+}
+
+struct Power<'a> {
+    net: &'a Net,
+    x: Tensor,
+    y: Tensor,
+    val_x: Tensor,
+    val_y: Tensor,
+    batch_size: usize,
+    batch_norm: bool,
+    device: Device,
+}
+
+impl Trainee for Power<'_> {
+    fn rows(&self) -> usize {
+        self.x.size()[0] as usize
+    }
+
+    fn train_epoch(
+        &mut self,
+        _epoch: usize,
+        opt: &mut nn::Optimizer,
+        rng: &mut ChaCha8Rng,
+        progress: &Progress,
+    ) -> Result<f64> {
+        let n = self.rows();
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        order.shuffle(rng);
+        let order = Tensor::from_slice(&order).to_device(self.device);
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        for start in (0..n).step_by(self.batch_size) {
+            let len = self.batch_size.min(n - start);
+            // Batch norm cannot normalise a batch of one row.
+            if self.batch_norm && len < 2 {
+                continue;
+            }
+            let idx = order.narrow(0, start as i64, len as i64);
+            let xb = self.x.index_select(0, &idx);
+            let yb = self.y.index_select(0, &idx);
+            let loss = self
+                .net
+                .forward_t(&xb, true)
+                .mse_loss(&yb, tch::Reduction::Mean);
+            opt.backward_step(&loss);
+            total += loss.detach() * len as f64;
+            progress.inc(len as u64);
+        }
+        Ok(total.double_value(&[]) / n as f64)
+    }
+
+    fn validate(&self) -> Result<(f64, Option<f64>)> {
+        let loss = tch::no_grad(|| {
+            self.net
+                .forward_t(&self.val_x, false)
+                .mse_loss(&self.val_y, tch::Reduction::Mean)
+        });
+        Ok((loss.double_value(&[]), None))
+    }
+}
+
+/// Mean and standard deviation of the train target (f64), for its standardisation.
+fn target_scale(y: &[f32]) -> (f64, f64) {
+    let n = y.len() as f64;
+    let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = y
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0).max(1.0);
+    (mean, var.sqrt().max(1e-6))
+}
+
+fn standardised_target(split: &Split, (mean, sd): (f64, f64), device: Device) -> Tensor {
+    let y: Vec<f32> = split
+        .y
+        .iter()
+        .map(|&v| ((f64::from(v) - mean) / sd) as f32)
+        .collect();
+    tensors::matrix(&y, split.n, 1, device)
+}
+
+/// The KPIs of DESIGN §7 for predictions against the raw target.
+pub fn power_kpis(pred: &[f32], truth: &[f32]) -> BTreeMap<String, f64> {
+    let n = truth.len() as f64;
+    let mean = truth.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let (mut se, mut ae, mut tss, mut ape, mut ape_n) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    for (&p, &t) in pred.iter().zip(truth) {
+        let (p, t) = (f64::from(p), f64::from(t));
+        se += (p - t).powi(2);
+        ae += (p - t).abs();
+        tss += (t - mean).powi(2);
+        if t.abs() > 0.0 {
+            ape += ((p - t) / t).abs();
+            ape_n += 1;
+        }
+    }
+    let mut m = BTreeMap::new();
+    m.insert("mse".into(), se / n);
+    m.insert("rmse".into(), (se / n).sqrt());
+    m.insert("mae".into(), ae / n);
+    m.insert("r2".into(), 1.0 - se / tss.max(f64::MIN_POSITIVE));
+    m.insert("mape".into(), 100.0 * ape / (ape_n.max(1) as f64));
+    m
+}
+
+/// (weight [out, in], bias [out]) of a linear layer with a batch norm folded in (eval mode).
+fn folded(l: &nn::Linear, bn: Option<&nn::BatchNorm>) -> (Tensor, Tensor) {
+    let w = l.ws.detach().to_device(Device::Cpu);
+    let b = match &l.bs {
+        Some(b) => b.detach().to_device(Device::Cpu),
+        None => Tensor::zeros([w.size()[0]], (Kind::Float, Device::Cpu)),
+    };
+    match bn {
+        None => (w, b),
+        Some(bn) => {
+            let scale = bn
+                .running_var
+                .detach()
+                .to_device(Device::Cpu)
+                .f_add_scalar(BN_EPS)
+                .expect("add")
+                .rsqrt()
+                * bn.ws
+                    .as_ref()
+                    .expect("affine")
+                    .detach()
+                    .to_device(Device::Cpu);
+            let shift = bn
+                .bs
+                .as_ref()
+                .expect("affine")
+                .detach()
+                .to_device(Device::Cpu)
+                - bn.running_mean.detach().to_device(Device::Cpu) * &scale;
+            (&w * scale.unsqueeze(1), b * &scale + shift)
+        }
+    }
+}
+
+pub fn metadata(snap: &Snapshot, sha: &str, model: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("model", model.to_string()),
+        ("feature_names", snap.dataset.features.join(",")),
+        ("commit_sha", sha.to_string()),
+        ("schema_version", crate::schema::SCHEMA_VERSION.to_string()),
+        ("scaler_sha256", snap.scaler_sha256.clone()),
+        ("snapshot_sha256", snap.dataset.snapshot_sha256.clone()),
+        (
+            "producer",
+            format!("emshap-ci {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ]
+}
+
+/// Standardises raw features inside the graph: (x − mean) / std, in f32 as ONNX Runtime
+/// does. Returns the standardised value's name.
+pub fn scaler_nodes(g: &mut GraphBuilder, input: &str, snap: &Snapshot) -> String {
+    let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
+    let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
+    let d = mean.len() as i64;
+    let m = g.constant("scaler_mean", &[d], &mean);
+    let s = g.constant("scaler_std", &[d], &std);
+    let centred = g.op("Sub", &[input, &m], vec![]);
+    g.op("Div", &[&centred, &s], vec![])
+}
+
+/// The same standardisation on the CPU, for the libtorch side of the proof.
+pub fn standardise_like_graph(raw: &[f32], snap: &Snapshot) -> Vec<f32> {
+    let d = snap.scaler.mean.len();
+    raw.iter()
+        .enumerate()
+        .map(|(i, &v)| (v - snap.scaler.mean[i % d] as f32) / snap.scaler.std[i % d] as f32)
+        .collect()
+}
+
+/// Raw features back from standardised ones (what the service will send the graph).
+pub fn raw_features(x: &[f32], snap: &Snapshot) -> Vec<f32> {
+    let d = snap.scaler.mean.len();
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| (f64::from(v) * snap.scaler.std[i % d] + snap.scaler.mean[i % d]) as f32)
+        .collect()
+}
+
+fn export(net: &Net, snap: &Snapshot, y_scale: (f64, f64), sha: &str) -> Vec<u8> {
+    let d = snap.dataset.features.len() as i64;
+    let mut g = GraphBuilder::new();
+    let x = g.input("features", &[Dim::Named("N"), Dim::Fixed(d)]);
+    let xs = scaler_nodes(&mut g, &x, snap);
+    let gemm = |g: &mut GraphBuilder, input: &str, (w, b): (Tensor, Tensor), hint: &str| {
+        let dims = w.size();
+        let wn = g.constant(&format!("{hint}_weight"), &dims, &tensors::to_vec(&w));
+        let bn = g.constant(&format!("{hint}_bias"), &[dims[0]], &tensors::to_vec(&b));
+        g.op("Gemm", &[input, &wn, &bn], vec![attr_int("transB", 1)])
+    };
+    let h = gemm(&mut g, &xs, folded(&net.l1, net.bn1.as_ref()), "l1");
+    let h = g.op("Relu", &[&h], vec![]);
+    let mut h = gemm(&mut g, &h, folded(&net.l2, net.bn2.as_ref()), "l2");
+    if let Some(skip) = &net.skip {
+        let w = skip.ws.detach().to_device(Device::Cpu);
+        let wn = g.constant("skip_weight", &w.size(), &tensors::to_vec(&w));
+        let s = g.op("Gemm", &[&xs, &wn], vec![attr_int("transB", 1)]);
+        h = g.op("Add", &[&h, &s], vec![]);
+    }
+    let h = g.op("Relu", &[&h], vec![]);
+    let y = gemm(&mut g, &h, folded(&net.l3, None), "l3");
+    let sd = g.scalar("target_std", y_scale.1 as f32);
+    let mean = g.scalar("target_mean", y_scale.0 as f32);
+    let y = g.op("Mul", &[&y, &sd], vec![]);
+    let y = g.op("Add", &[&y, &mean], vec![]);
+    g.output(&y, "power_watts", &[Dim::Named("N"), Dim::Fixed(1)]);
+    let mut meta = metadata(snap, sha, "power_predictor");
+    meta.push(("target_mean", y_scale.0.to_string()));
+    meta.push(("target_std", y_scale.1.to_string()));
+    g.finish("power_predictor", &meta).encode_to_vec()
+}
+
+/// Rows the proof runs on: the test split, topped up from validation and train to reach
+/// `PROOF_ROWS` when the test split is small.
+pub fn proof_rows(snap: &Snapshot) -> Split {
+    let mut x = snap.test.x.clone();
+    let mut y = snap.test.y.clone();
+    for s in [&snap.val, &snap.train] {
+        let need = super::PROOF_ROWS.saturating_sub(y.len()).min(s.n);
+        x.extend_from_slice(&s.x[..need * s.d]);
+        y.extend_from_slice(&s.y[..need]);
+    }
+    let n = y.len();
+    Split {
+        x,
+        y,
+        n,
+        d: snap.test.d,
+    }
+}
+
+fn prove(
+    model: &[u8],
+    net: &Net,
+    snap: &Snapshot,
+    y_scale: (f64, f64),
+    threads: usize,
+    device: Device,
+) -> Result<super::Proof> {
+    let rows = proof_rows(snap);
+    let raw = raw_features(&rows.x, snap);
+    let out = onnx::run(
+        model,
+        vec![(
+            "features",
+            onnx::Tensor {
+                shape: vec![rows.n, rows.d],
+                data: raw.clone(),
+            },
+        )],
+        threads,
+    )?;
+    let xs = tensors::matrix(&standardise_like_graph(&raw, snap), rows.n, rows.d, device);
+    let want = tch::no_grad(|| net.forward_t(&xs, false)) * y_scale.1 + y_scale.0;
+    let mut cmp = Comparison::default();
+    cmp.add(
+        POWER_ONNX,
+        "power_watts",
+        &out[0].1.data,
+        &tensors::to_vec(&want),
+    )?;
+    Ok(cmp.finish(rows.n))
+}
+
+pub fn sample_rows(split: &Split, max_rows: usize, seed: u64) -> Split {
+    if max_rows == 0 || max_rows >= split.n {
+        return split.clone();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_504c_4500);
+    let mut idx = rand::seq::index::sample(&mut rng, split.n, max_rows).into_vec();
+    idx.sort_unstable();
+    split.rows(&idx)
+}
+
+pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
+    let c = &s.common;
+    let snap = data::load(&c.data)?;
+    let device = tensors::device(c.device)?;
+    tch::set_num_threads(c.threads as i32);
+    tch::manual_seed(c.seed as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
+    let train_split = sample_rows(&snap.train, c.max_rows, c.seed);
+    let d = train_split.d as i64;
+    let y_scale = target_scale(&train_split.y);
+    let vs = nn::VarStore::new(device);
+    let net = Net::new(&vs.root(), d, s);
+    let mut trainee = Power {
+        net: &net,
+        x: tensors::matrix(&train_split.x, train_split.n, train_split.d, device),
+        y: standardised_target(&train_split, y_scale, device),
+        val_x: tensors::matrix(&snap.val.x, snap.val.n, snap.val.d, device),
+        val_y: standardised_target(&snap.val, y_scale, device),
+        batch_size: c.batch_size,
+        batch_norm: s.batch_norm,
+        device,
+    };
+    let fitted = fit::fit(&vs, &mut trainee, c, &mut rng, progress)?;
+    progress.finish();
+
+    let test_x = tensors::matrix(&snap.test.x, snap.test.n, snap.test.d, device);
+    let pred = tch::no_grad(|| net.forward_t(&test_x, false)) * y_scale.1 + y_scale.0;
+    let test = power_kpis(&tensors::to_vec(&pred), &snap.test.y);
+
+    let model = export(&net, &snap, y_scale, &c.sha);
+    let proof = prove(&model, &net, &snap, y_scale, c.threads, device)?;
+    let history = History {
+        format: "emshap-ci.history/1".into(),
+        model: "power".into(),
+        device: tensors::device_name(device),
+        seed: c.seed,
+        threads: c.threads,
+        batch_size: c.batch_size,
+        rows_train: train_split.n,
+        rows_val: snap.val.n,
+        snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
+        settings: serde_json::to_value(s).map_err(|e| Error::Internal(e.into()))?,
+        epochs: fitted.epochs,
+        best_epoch: fitted.best_epoch,
+        best_val_loss: fitted.best_val_loss,
+        stopped_early: fitted.stopped_early,
+        test,
+        proof,
+    };
+    super::finish(
+        &vs,
+        &snap,
+        history,
+        fitted.seconds,
+        &[(POWER_ONNX, model)],
+        POWER_CHECKPOINT,
+        POWER_HISTORY,
+    )
+}

@@ -1,0 +1,148 @@
+//! Small bridges between libtorch, plain vectors and the model folder: the device choice,
+//! tensors to and from `Vec<f32>`, the export proof's comparison, and writing a model's
+//! files all at once (each to a temporary name first, then renamed), so a failure never
+//! leaves a half-written set beside a good one.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+use super::{DeviceChoice, Proof, PROOF_TOLERANCE};
+use crate::error::{Error, Result};
+
+pub fn device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(Error::usage(
+            "--device",
+            "cuda was asked for but libtorch sees no GPU (check the driver and that this binary was built against CUDA libtorch; or use --device auto)",
+        )),
+    }
+}
+
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// A row-major [n, d] f32 matrix on `device`.
+pub fn matrix(data: &[f32], n: usize, d: usize, device: Device) -> Tensor {
+    Tensor::from_slice(data)
+        .view([n as i64, d as i64])
+        .to_device(device)
+}
+
+/// Every element of `t`, row-major, on the CPU.
+pub fn to_vec(t: &Tensor) -> Vec<f32> {
+    let flat = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
+    Vec::<f32>::try_from(&flat).expect("a float tensor converts to Vec<f32>")
+}
+
+/// Collects the largest |ort − tch| / max(scale, |tch|) of each output, and fails on the
+/// first output over the tolerance with a message naming it and where. `scale` is the
+/// quantity's natural size: 1 for unitless outputs, the feature's (or the target's)
+/// standard deviation for outputs in raw units, where a value near zero says nothing about
+/// the precision of the computation.
+#[derive(Debug, Default)]
+pub struct Comparison {
+    max: BTreeMap<String, f64>,
+}
+
+impl Comparison {
+    pub fn add(&mut self, model: &str, output: &str, ort: &[f32], tch: &[f32]) -> Result<()> {
+        self.add_scaled(model, output, ort, tch, |_| 1.0)
+    }
+
+    pub fn add_scaled(
+        &mut self,
+        model: &str,
+        output: &str,
+        ort: &[f32],
+        tch: &[f32],
+        scale: impl Fn(usize) -> f64,
+    ) -> Result<()> {
+        if ort.len() != tch.len() {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "export proof of {model}: output {output} has {} values in ONNX Runtime and {} in libtorch",
+                ort.len(),
+                tch.len()
+            )));
+        }
+        let entry = self.max.entry(output.to_string()).or_insert(0.0);
+        for (i, (&a, &b)) in ort.iter().zip(tch).enumerate() {
+            let rel = f64::from((a - b).abs()) / f64::from(b.abs()).max(scale(i));
+            if !rel.is_finite() || rel > PROOF_TOLERANCE {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "export proof of {model} failed: output {output}[{i}] is {a} in ONNX Runtime and {b} in libtorch (relative difference {rel:.3e} > {PROOF_TOLERANCE:e}); nothing was written"
+                )));
+            }
+            *entry = entry.max(rel);
+        }
+        Ok(())
+    }
+
+    pub fn finish(self, rows: usize) -> Proof {
+        Proof {
+            rows,
+            tolerance: PROOF_TOLERANCE,
+            max_rel_diff: self.max,
+        }
+    }
+}
+
+/// A model's output files, written together: every file goes to a temporary name in
+/// `dir` first, and only when all are written are they renamed into place.
+pub fn write_all(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<Vec<String>> {
+    fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+    let pid = std::process::id();
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let cleanup = |staged: &[(PathBuf, PathBuf)]| {
+        for (tmp, _) in staged {
+            let _ = fs::remove_file(tmp);
+        }
+    };
+    for (name, bytes) in files {
+        let dest = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp-{pid}"));
+        if let Err(e) = fs::write(&tmp, bytes).and_then(|_| fs::File::open(&tmp)?.sync_all()) {
+            let _ = fs::remove_file(&tmp);
+            cleanup(&staged);
+            return Err(Error::write(&dest, e));
+        }
+        staged.push((tmp, dest));
+    }
+    for (tmp, dest) in &staged {
+        fs::rename(tmp, dest).map_err(|e| {
+            cleanup(&staged);
+            Error::write(dest, e)
+        })?;
+    }
+    Ok(files.iter().map(|(n, _)| n.to_string()).collect())
+}
+
+/// The variables of a var store as safetensors bytes (names sorted: same weights, same bytes).
+pub fn safetensors(vs: &tch::nn::VarStore) -> Result<Vec<u8>> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.into()))?;
+    let path = dir.path().join("weights.safetensors");
+    Tensor::write_safetensors(&named, &path)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("writing the checkpoint: {e}")))?;
+    fs::read(&path).map_err(|e| Error::read(&path, e))
+}
