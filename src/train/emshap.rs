@@ -832,8 +832,8 @@ fn prove(
 
 pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     let c = &s.common;
-    let snap = data::load(&c.data)?;
     let device = tensors::device(c.device)?;
+    let snap = data::load(&c.data)?;
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(c.seed);

@@ -365,8 +365,8 @@ pub fn sample_rows(split: &Split, max_rows: usize, seed: u64) -> Split {
 
 pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
     let c = &s.common;
-    let snap = data::load(&c.data)?;
     let device = tensors::device(c.device)?;
+    let snap = data::load(&c.data)?;
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
@@ -421,4 +421,43 @@ pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
         POWER_CHECKPOINT,
         POWER_HISTORY,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::pull::PullArgs;
+    use crate::settings::{resolve_pull, resolve_train_power, ConfigFile};
+
+    #[test]
+    fn the_proof_catches_a_graph_that_differs_from_libtorch() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("data");
+        let args = PullArgs {
+            out: Some(out.clone()),
+            ..Default::default()
+        };
+        let ps = resolve_pull(&args, &ConfigFile::default()).unwrap();
+        crate::pull::pull(&ps, &Progress::new("test", true)).unwrap();
+        let snap = data::load(&out).unwrap();
+        let s = resolve_train_power(&Default::default(), &ConfigFile::default()).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), snap.train.d as i64, &s);
+        let y = (150.0, 40.0);
+        let model = export(&net, &snap, y, "test");
+        let proof = prove(&model, &net, &snap, y, 1, Device::Cpu).unwrap();
+        assert!(proof.rows >= crate::train::PROOF_ROWS);
+        // libtorch's model moves away from the exported file by 0.4 W.
+        let mut bias = net.l3.bs.as_ref().unwrap().shallow_clone();
+        tch::no_grad(|| {
+            let _ = bias.f_add_scalar_(0.01).unwrap();
+        });
+        let e = prove(&model, &net, &snap, y, 1, Device::Cpu).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("export proof of power_predictor.onnx failed"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 70);
+    }
 }

@@ -8,3 +8,5 @@ mod onnx_python;
 mod pull_file;
 mod pull_kafka;
 mod smoke;
+#[cfg(feature = "torch")]
+mod train;
