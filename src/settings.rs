@@ -433,7 +433,7 @@ fn resolve_common(
         )?,
         lr,
         threads: positive("--threads", threads, 1024)?,
-        max_rows: args.max_rows.or(m.file_max_rows).unwrap_or(0),
+        max_rows: args.max_rows.or(m.file_max_rows),
         sha,
     })
 }
@@ -475,8 +475,8 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
         &args.common,
         &file.train,
         ModelDefaults {
-            epochs: 20,
-            patience: 4,
+            epochs: 10,
+            patience: 3,
             file_epochs: e.epochs,
             file_patience: e.patience,
             file_batch_size: e.batch_size,

@@ -31,6 +31,9 @@ pub const POWER_CHECKPOINT: &str = "power.safetensors";
 pub const EMSHAP_CHECKPOINT: &str = "emshap.safetensors";
 pub const POWER_HISTORY: &str = "power_history.json";
 pub const EMSHAP_HISTORY: &str = "emshap_history.json";
+/// EMSHAP's default train sample on a CPU: its energy network runs per (row, unobserved
+/// feature, candidate), so all of a large window would take hours on two cores.
+pub const EMSHAP_CPU_ROWS: usize = 20_000;
 /// Rows of real data the exported graph is compared on against libtorch (at least).
 pub const PROOF_ROWS: usize = 1000;
 /// Largest accepted |ort − tch|, relative to max(scale, |tch|) per element, where the scale
@@ -57,8 +60,10 @@ pub struct TrainSettings {
     pub batch_size: usize,
     pub lr: f64,
     pub threads: usize,
-    /// A seeded sample of at most this many train rows; 0 = all.
-    pub max_rows: usize,
+    /// A seeded sample of at most this many train rows; 0 = all; unset = the model's
+    /// default (all for the power predictor; for EMSHAP `EMSHAP_CPU_ROWS` on a CPU and all
+    /// on a GPU).
+    pub max_rows: Option<usize>,
     /// Recorded in the ONNX metadata.
     pub sha: String,
 }
@@ -117,6 +122,9 @@ pub struct EpochRecord {
     pub lr: f64,
     pub seconds: f64,
     pub samples_per_s: f64,
+    /// Seconds per phase of the epoch (EMSHAP on a CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<BTreeMap<String, f64>>,
 }
 
 /// `<model>_history.json`: everything needed to plot and reproduce the training.

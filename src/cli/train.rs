@@ -59,7 +59,8 @@ pub struct CommonTrainArgs {
     #[arg(long, env = "EMSHAP_CI_THREADS")]
     pub threads: Option<usize>,
 
-    /// Train on a seeded sample of at most this many train rows (0 = all).
+    /// Train on a seeded sample of at most this many train rows (0 = all; default all,
+    /// except EMSHAP on a CPU: 20000).
     #[arg(long, env = "EMSHAP_CI_MAX_ROWS")]
     pub max_rows: Option<usize>,
 

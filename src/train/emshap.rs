@@ -12,6 +12,7 @@
 //! deterministic, and the proof compares it with `dense`, the same computation in libtorch.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use prost::Message;
 use rand::seq::SliceRandom;
@@ -192,7 +193,16 @@ struct Scored {
 
 impl Net {
     /// Scores the entries `flat` (indices into the [B·d] grid) of a batch.
-    fn score(&self, xs: &Tensor, b: &Tensor, flat: &Tensor, k: i64, draws: &Draws) -> Scored {
+    fn score(
+        &self,
+        xs: &Tensor,
+        b: &Tensor,
+        flat: &Tensor,
+        k: i64,
+        draws: &Draws,
+        mut phases: Option<&mut Phases>,
+    ) -> Scored {
+        let t0 = Instant::now();
         let prop = self.proposal(xs, b);
         let cols = flat.remainder(self.d);
         let (le, me, se, ce) = (
@@ -216,12 +226,17 @@ impl Net {
             (v, lq)
         });
         let log_q_x = log_q(&x_e.unsqueeze(1), &le, &me, &se).squeeze_dim(1);
+        let t1 = Instant::now();
         let cand = Tensor::cat(&[x_e.unsqueeze(1), v.shallow_clone()], 1);
         let e = self.energy(&cand, &ce, &cols);
         let e_x = e.select(1, 0);
         let logw = e.narrow(1, 1, k).neg() - log_q_v;
         let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
         let log_p = e_x.neg() - log_z;
+        if let Some(p) = phases.as_deref_mut() {
+            p.proposal += (t1 - t0).as_secs_f64();
+            p.energy += t1.elapsed().as_secs_f64();
+        }
         Scored {
             v,
             w: logw.softmax(1, Kind::Float),
@@ -230,10 +245,17 @@ impl Net {
         }
     }
 
-    fn loss(&self, xs: &Tensor, b: &Tensor, k: i64, draws: &Draws) -> LossSums {
+    fn loss(
+        &self,
+        xs: &Tensor,
+        b: &Tensor,
+        k: i64,
+        draws: &Draws,
+        phases: Option<&mut Phases>,
+    ) -> LossSums {
         let flat = (b.neg() + 1.0).reshape([-1]).nonzero().squeeze_dim(1);
         let entries = flat.size()[0];
-        let s = self.score(xs, b, &flat, k, draws);
+        let s = self.score(xs, b, &flat, k, draws, phases);
         LossSums {
             loss: (&s.log_q_x + &s.log_p).sum(Kind::Float).neg(),
             nll: s.log_p.sum(Kind::Float).neg(),
@@ -249,7 +271,7 @@ impl Net {
         let flat = Tensor::arange(n * d, (Kind::Int64, xs.device()));
         let u = u.permute([0, 2, 1]).contiguous();
         let z = z.permute([0, 2, 1]).contiguous();
-        let s = self.score(xs, b, &flat, k, &Draws::Given { u: &u, z: &z });
+        let s = self.score(xs, b, &flat, k, &Draws::Given { u: &u, z: &z }, None);
         let imputed = (&s.w * &s.v).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         let to_nkd = |t: &Tensor| t.view([n, d, k]).permute([0, 2, 1]).contiguous();
         [
@@ -315,6 +337,33 @@ struct Emshap<'a> {
     val_u: Tensor,
     val_z: Tensor,
     device: Device,
+    phases: Option<BTreeMap<String, f64>>,
+}
+
+/// Where an epoch's time went (CPU): batches and masks, the proposal (GRU, mixture,
+/// sampling), the energy network's forward pass, the backward pass, and Adam's step.
+#[derive(Debug, Default)]
+struct Phases {
+    data: f64,
+    proposal: f64,
+    energy: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+impl Phases {
+    fn into_map(self) -> BTreeMap<String, f64> {
+        [
+            ("data", self.data),
+            ("proposal", self.proposal),
+            ("energy_forward", self.energy),
+            ("backward", self.backward),
+            ("optimizer", self.optimizer),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
 }
 
 impl Trainee for Emshap<'_> {
@@ -324,6 +373,10 @@ impl Trainee for Emshap<'_> {
 
     fn mask_rate(&self, epoch: usize) -> Option<f64> {
         Some(self.s.mask_rate(epoch))
+    }
+
+    fn phases(&mut self) -> Option<BTreeMap<String, f64>> {
+        self.phases.take()
     }
 
     fn train_epoch(
@@ -341,20 +394,35 @@ impl Trainee for Emshap<'_> {
         order.shuffle(rng);
         let order = Tensor::from_slice(&order).to_device(self.device);
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let mut phases = Phases::default();
         for start in (0..n).step_by(bs) {
+            let t0 = Instant::now();
             let len = bs.min(n - start);
             let xb = self
                 .x
                 .index_select(0, &order.narrow(0, start as i64, len as i64));
             let b = tensors::matrix(&masks(rng, len, d, rate), len, d, self.device);
-            let sums = self
-                .net
-                .loss(&xb, &b, self.s.proposals as i64, &Draws::Fresh);
+            phases.data += t0.elapsed().as_secs_f64();
+            let sums = self.net.loss(
+                &xb,
+                &b,
+                self.s.proposals as i64,
+                &Draws::Fresh,
+                Some(&mut phases),
+            );
             let loss = sums.loss / len as f64;
-            opt.backward_step(&loss);
+            let t1 = Instant::now();
+            opt.zero_grad();
+            loss.backward();
+            let t2 = Instant::now();
+            opt.step();
+            phases.backward += (t2 - t1).as_secs_f64();
+            phases.optimizer += t2.elapsed().as_secs_f64();
             total += loss.detach() * len as f64;
             progress.inc(len as u64);
         }
+        // On a GPU the kernels run asynchronously: host-side phase times would mislead.
+        self.phases = (!self.device.is_cuda()).then(|| phases.into_map());
         Ok(total.double_value(&[]) / n as f64)
     }
 
@@ -371,6 +439,7 @@ impl Trainee for Emshap<'_> {
                     &sl(&self.val_b),
                     self.s.proposals as i64,
                     &Draws::Given { u: &u, z: &z },
+                    None,
                 );
                 loss += sums.loss.double_value(&[]);
                 nll += sums.nll.double_value(&[]);
@@ -837,7 +906,12 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
-    let train_split: Split = sample_rows(&snap.train, c.max_rows, c.seed);
+    let default_rows = if device.is_cuda() {
+        0
+    } else {
+        super::EMSHAP_CPU_ROWS
+    };
+    let train_split: Split = sample_rows(&snap.train, c.max_rows.unwrap_or(default_rows), c.seed);
     let d = train_split.d;
     let k = s.proposals;
     let vn = snap.val.n.min(s.val_rows);
@@ -860,6 +934,7 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
         val_u: ndk(&val.u),
         val_z: ndk(&val.z),
         device,
+        phases: None,
     };
     let fitted = fit::fit(&vs, &mut trainee, c, &mut rng, progress)?;
     progress.finish();

@@ -4,7 +4,7 @@
 //! the end. All randomness outside libtorch's own generator comes from one seeded ChaCha8,
 //! so a CPU run is reproducible bit for bit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use rand_chacha::ChaCha8Rng;
@@ -30,6 +30,10 @@ pub trait Trainee {
     /// The validation loss, and (EMSHAP) the validation NLL.
     fn validate(&self) -> Result<(f64, Option<f64>)>;
     fn mask_rate(&self, _epoch: usize) -> Option<f64> {
+        None
+    }
+    /// Where the last epoch's time went, when the model measures it.
+    fn phases(&mut self) -> Option<BTreeMap<String, f64>> {
         None
     }
 }
@@ -107,6 +111,7 @@ pub fn fit(
             lr,
             seconds,
             samples_per_s: model.rows() as f64 / seconds.max(1e-9),
+            phases: model.phases(),
         });
         if val_loss < best.0 {
             best = (val_loss, epoch + 1, snapshot(vs));

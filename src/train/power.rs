@@ -370,7 +370,7 @@ pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
-    let train_split = sample_rows(&snap.train, c.max_rows, c.seed);
+    let train_split = sample_rows(&snap.train, c.max_rows.unwrap_or(0), c.seed);
     let d = train_split.d as i64;
     let y_scale = target_scale(&train_split.y);
     let vs = nn::VarStore::new(device);
