@@ -31,7 +31,7 @@ pub struct CommonTrainArgs {
     #[arg(long, env = "EMSHAP_CI_MODELS")]
     pub out: Option<PathBuf>,
 
-    /// Most epochs; early stopping may end sooner.
+    /// Most epochs; early stopping may end sooner (default: power 100, EMSHAP 10).
     #[arg(long, env = "EMSHAP_CI_EPOCHS")]
     pub epochs: Option<usize>,
 
@@ -51,7 +51,8 @@ pub struct CommonTrainArgs {
     #[arg(long, env = "EMSHAP_CI_LR")]
     pub lr: Option<f64>,
 
-    /// Epochs without a better validation loss before training stops.
+    /// Epochs without a better validation loss before training stops (default: power 10,
+    /// EMSHAP 3); the learning rate halves after half as many.
     #[arg(long, env = "EMSHAP_CI_PATIENCE")]
     pub patience: Option<usize>,
 

@@ -200,7 +200,7 @@ impl Net {
         flat: &Tensor,
         k: i64,
         draws: &Draws,
-        mut phases: Option<&mut Phases>,
+        phases: Option<&mut Phases>,
     ) -> Scored {
         let t0 = Instant::now();
         let prop = self.proposal(xs, b);
@@ -233,7 +233,7 @@ impl Net {
         let logw = e.narrow(1, 1, k).neg() - log_q_v;
         let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
         let log_p = e_x.neg() - log_z;
-        if let Some(p) = phases.as_deref_mut() {
+        if let Some(p) = phases {
             p.proposal += (t1 - t0).as_secs_f64();
             p.energy += t1.elapsed().as_secs_f64();
         }

@@ -79,7 +79,7 @@ impl Net {
             h = bn.forward_t(&h, train);
         }
         if let Some(skip) = &self.skip {
-            h = h + skip.forward(x);
+            h += skip.forward(x);
         }
         let h = h.relu().dropout(self.dropout, train);
         self.l3.forward(&h)

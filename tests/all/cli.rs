@@ -15,6 +15,8 @@ fn help_texts() {
     insta::assert_snapshot!("help", help(&["--help"]));
     insta::assert_snapshot!("help_pull", help(&["pull", "--help"]));
     insta::assert_snapshot!("help_generate", help(&["generate", "--help"]));
+    insta::assert_snapshot!("help_train_power", help(&["train", "power", "--help"]));
+    insta::assert_snapshot!("help_train_emshap", help(&["train", "emshap", "--help"]));
 }
 
 /// Runs a failing command and returns "exit N: stderr" for a snapshot.
@@ -44,6 +46,22 @@ fn rendered_errors() {
     insta::assert_snapshot!(
         "err_missing_config",
         failure(&["--config", "none.toml", "pull"], none)
+    );
+    insta::assert_snapshot!(
+        "err_train_no_snapshot",
+        failure(&["train", "power", "--data", "nowhere"], none)
+    );
+    insta::assert_snapshot!(
+        "err_train_mask_rate",
+        failure(&["train", "emshap", "--mask-rate", "0.9,0.1"], none)
+    );
+    insta::assert_snapshot!(
+        "err_train_bad_device_in_config",
+        failure(&["train", "power"], |d| std::fs::write(
+            d.join("emshap-ci.toml"),
+            "[train]\ndevice = \"tpu\"\n"
+        )
+        .unwrap())
     );
     insta::assert_snapshot!(
         "err_bad_config",
