@@ -592,6 +592,51 @@ mod tests {
     }
 
     #[test]
+    fn train_settings_layer_model_sections_over_train_over_defaults() {
+        let cfg = file(
+            "[train]\nseed = 9\nlr = 0.01\ndevice = \"cpu\"\n[train.emshap]\nlr = 0.002\nepochs = 4\nmask_rate = [0.3, 0.6]\n",
+        );
+        let e = resolve_train_emshap(&TrainEmshapArgs::default(), &cfg).unwrap();
+        assert_eq!((e.common.seed, e.common.lr, e.common.epochs), (9, 0.002, 4));
+        assert_eq!(e.common.device, DeviceChoice::Cpu);
+        assert_eq!((e.mask_min, e.mask_max), (0.3, 0.6));
+        assert_eq!(e.mask_rate(0), 0.3);
+        assert!((e.mask_rate(3) - 0.6).abs() < 1e-12);
+        let p = resolve_train_power(&TrainPowerArgs::default(), &cfg).unwrap();
+        assert_eq!(
+            (p.common.lr, p.common.epochs, p.common.patience),
+            (0.01, 100, 10)
+        );
+        let mut args = TrainPowerArgs::default();
+        args.common.lr = Some(0.5);
+        args.common.device = Some(DeviceArg::Auto);
+        let p = resolve_train_power(&args, &cfg).unwrap();
+        assert_eq!((p.common.lr, p.common.device), (0.5, DeviceChoice::Auto));
+        for bad in [
+            TrainPowerArgs {
+                dropout: Some(1.0),
+                ..Default::default()
+            },
+            TrainPowerArgs {
+                common: CommonTrainArgs {
+                    epochs: Some(0),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            TrainPowerArgs {
+                common: CommonTrainArgs {
+                    lr: Some(f64::NAN),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(resolve_train_power(&bad, &cfg).unwrap_err().exit_code(), 2);
+        }
+    }
+
+    #[test]
     fn unknown_config_keys_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
