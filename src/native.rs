@@ -56,3 +56,18 @@ pub fn torch_info() -> (String, bool) {
         tch::Cuda::is_available(),
     )
 }
+
+/// Makes glibc keep freed memory for reuse instead of returning it to the system after every
+/// large free. Training allocates and frees tens of megabytes per layer per batch; with
+/// glibc's defaults each such buffer is a fresh mmap whose pages fault in again (measured:
+/// a third of an EMSHAP epoch's time in the kernel, BENCHMARKS.md). Called at the start of
+/// training only; a no-op off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before training allocates.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}

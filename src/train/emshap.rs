@@ -902,6 +902,7 @@ fn prove(
 pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     let c = &s.common;
     let device = tensors::device(c.device)?;
+    crate::native::keep_freed_memory();
     let snap = data::load(&c.data)?;
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);

@@ -366,6 +366,7 @@ pub fn sample_rows(split: &Split, max_rows: usize, seed: u64) -> Split {
 pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
     let c = &s.common;
     let device = tensors::device(c.device)?;
+    crate::native::keep_freed_memory();
     let snap = data::load(&c.data)?;
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);
