@@ -22,6 +22,8 @@ ap.add_argument("--power-epochs", type=int, default=5)
 ap.add_argument("--emshap-epochs", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--skip-peer", action="store_true", help="only emshap-ci (e.g. on a GPU machine)")
+ap.add_argument("--peer-malloc", action="store_true",
+                help="also run the peer's EMSHAP with the glibc settings emshap-ci makes for itself")
 a = ap.parse_args()
 
 env_file = subprocess.run([f"{root}/scripts/setup.sh"], check=True, capture_output=True, text=True).stdout.strip()
@@ -56,12 +58,17 @@ def ours(model, rows, epochs):
     return hist
 
 
-def theirs(model, rows, epochs):
+# What native::keep_freed_memory sets with mallopt, as glibc's environment variables.
+MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "MALLOC_TOP_PAD_": str(256 << 20)}
+
+
+def theirs(model, rows, epochs, malloc=False):
     args = [py, f"{peer}/train.py", "--data", f"{work}/data", "--model", model, "--epochs", str(epochs),
             "--batch-size", "256", "--threads", str(a.threads), "--seed", "1"]
     if model == "emshap":
         args += ["--rows", str(rows)]
-    p = subprocess.run(args, check=True, capture_output=True, text=True, cwd=peer)
+    p = subprocess.run(args, check=True, capture_output=True, text=True, cwd=peer,
+                       env={**os.environ, **(MALLOC if malloc else {})})
     lines = p.stdout.strip().splitlines()
     secs = [float(m.group(1)) for m in (re.search(r"\(([\d.]+)s\)$", l) for l in lines) if m]
     vals = [float(m.group(1)) for m in (re.search(r"val ([\d.\-]+)", l) for l in lines) if m]
@@ -88,12 +95,18 @@ n = he["rows_train"]
 print(f"### EMSHAP ({n} train rows, K = 20, per epoch; the mask rate rises over the epochs)\n")
 if not a.skip_peer:
     te = theirs("emshap", n, a.emshap_epochs)
-print("| epoch | mask rate | emshap-ci s | emshap-ci samples/s | peer s | peer samples/s | ratio |\n|---|---|---|---|---|---|---|")
+    tm = theirs("emshap", n, a.emshap_epochs, malloc=True) if a.peer_malloc else None
+extra = " peer+malloc s | ratio |" if a.peer_malloc else ""
+print("| epoch | mask rate | emshap-ci s | emshap-ci samples/s | peer s | peer samples/s | ratio |" + extra)
+print("|---" * (7 + (2 if a.peer_malloc else 0)) + "|")
 for i, e in enumerate(he["epochs"]):
     row = f"| {e['epoch']} | {e['mask_rate']:.2f} | {e['seconds']:.1f} | {n / e['seconds']:,.0f} |"
     if not a.skip_peer:
         ps = te["seconds"][i]
         row += f" {ps:.1f} | {n / ps:,.0f} | **{ps / e['seconds']:.2f}×** |"
+        if tm:
+            pm = tm["seconds"][i]
+            row += f" {pm:.1f} | **{pm / e['seconds']:.2f}×** |"
     else:
         row += " | | |"
     print(row)

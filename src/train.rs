@@ -36,6 +36,8 @@ pub const EMSHAP_HISTORY: &str = "emshap_history.json";
 pub const EMSHAP_CPU_ROWS: usize = 20_000;
 /// Rows of real data the exported graph is compared on against libtorch (at least).
 pub const PROOF_ROWS: usize = 1000;
+/// At most this many test rows are used (the proof of EMSHAP scores every entry).
+pub const PROOF_ROWS_MAX: usize = 2048;
 /// Largest accepted |ort − tch|, relative to max(scale, |tch|) per element, where the scale
 /// is 1 for unitless outputs and the standard deviation for outputs in raw units.
 pub const PROOF_TOLERANCE: f64 = 1e-4;

@@ -189,6 +189,9 @@ struct Scored {
     w: Tensor,
     log_p: Tensor,
     log_q_x: Tensor,
+    /// |E(x)| + |log Ẑ| per entry: the size of the terms log p̂ is the difference of, which
+    /// bounds how precisely two runtimes can agree on it.
+    log_p_scale: Tensor,
 }
 
 impl Net {
@@ -232,6 +235,7 @@ impl Net {
         let e_x = e.select(1, 0);
         let logw = e.narrow(1, 1, k).neg() - log_q_v;
         let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
+        let log_p_scale = (e_x.abs() + log_z.abs()).detach();
         let log_p = e_x.neg() - log_z;
         if let Some(p) = phases {
             p.proposal += (t1 - t0).as_secs_f64();
@@ -242,6 +246,7 @@ impl Net {
             w: logw.softmax(1, Kind::Float),
             log_p,
             log_q_x,
+            log_p_scale,
         }
     }
 
@@ -265,8 +270,9 @@ impl Net {
 
     /// The graph's computation in libtorch, standardised units: for every entry of
     /// xs [N, d] with observed b [N, d] and randomness u, z [N, K, d], returns imputed [N, d],
-    /// samples [N, K, d], weights [N, K, d] and log p̂ [N, d] (not yet masked).
-    fn dense(&self, xs: &Tensor, b: &Tensor, u: &Tensor, z: &Tensor) -> [Tensor; 4] {
+    /// samples [N, K, d], weights [N, K, d], log p̂ [N, d] (not yet masked) and the scale of
+    /// log p̂'s terms [N, d].
+    fn dense(&self, xs: &Tensor, b: &Tensor, u: &Tensor, z: &Tensor) -> [Tensor; 5] {
         let (n, k, d) = (xs.size()[0], u.size()[1], self.d);
         let flat = Tensor::arange(n * d, (Kind::Int64, xs.device()));
         let u = u.permute([0, 2, 1]).contiguous();
@@ -279,6 +285,7 @@ impl Net {
             to_nkd(&s.v),
             to_nkd(&s.w),
             s.log_p.view([n, d]),
+            s.log_p_scale.view([n, d]),
         ]
     }
 
@@ -459,8 +466,8 @@ fn dense_all(
     k: usize,
     d: usize,
     device: Device,
-) -> [Vec<f32>; 4] {
-    let mut out: [Vec<f32>; 4] = Default::default();
+) -> [Vec<f32>; 5] {
+    let mut out: [Vec<f32>; 5] = Default::default();
     tch::no_grad(|| {
         for start in (0..n).step_by(CHUNK) {
             let len = CHUNK.min(n - start);
@@ -493,7 +500,7 @@ fn test_kpis(
     let (n, d) = (t.n.min(4096), t.d);
     let draws = fixed_draws(seed ^ 0x7e57, n, k, d, 0.5);
     let xs = &t.x[..n * d];
-    let [imputed, _, _, log_p] = dense_all(net, xs, &draws, n, k, d, device);
+    let [imputed, _, _, log_p, _] = dense_all(net, xs, &draws, n, k, d, device);
     let sd_test: Vec<f64> = (0..d)
         .map(|j| {
             let col: Vec<f64> = (0..t.n).map(|i| f64::from(t.x[i * d + j])).collect();
@@ -809,7 +816,7 @@ fn prove(
         all
     });
     keep_off_steps(&mut draws.u, &cdf, n, k, d, m);
-    let [imp, v, w, log_p] = dense_all(net, &xs, &draws, n, k, d, device);
+    let [imp, v, w, log_p, log_p_scale] = dense_all(net, &xs, &draws, n, k, d, device);
     // The graph's raw-unit outputs, from the standardised ones, in f32 as the graph does.
     let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
     let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
@@ -888,10 +895,13 @@ fn prove(
                     )))
                 }
             };
-            // Raw-unit outputs are compared on the scale of their feature.
+            // Raw-unit outputs are compared on the scale of their feature, log_density on
+            // the size of the terms it is the difference of.
             let sd = |i: usize| snap.scaler.std[i % d];
+            let terms = |i: usize| f64::from(log_p_scale[start * d + i]).max(1.0);
             match name.as_str() {
                 "imputed" | "samples" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, sd)?,
+                "log_density" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, terms)?,
                 _ => cmp.add(EMSHAP_ONNX, name, &t.data, want)?,
             }
         }
@@ -942,7 +952,14 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
 
     let test = test_kpis(&net, &snap, k, c.seed, device);
     let model = export(&net, &snap, s);
-    let proof = prove(&model, &net, &snap, s, device)?;
+    // The proof's libtorch side runs on the CPU, like ONNX Runtime here: it checks the
+    // export, not how a GPU rounds.
+    let mut cpu_vs = nn::VarStore::new(Device::Cpu);
+    let cpu_net = Net::new(&cpu_vs.root(), d as i64, s);
+    cpu_vs
+        .copy(&vs)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("copying the weights to the CPU: {e}")))?;
+    let proof = prove(&model, &cpu_net, &snap, s, Device::Cpu)?;
     let history = History {
         format: "emshap-ci.history/1".into(),
         model: "emshap".into(),

@@ -301,11 +301,12 @@ fn export(net: &Net, snap: &Snapshot, y_scale: (f64, f64), sha: &str) -> Vec<u8>
     g.finish("power_predictor", &meta).encode_to_vec()
 }
 
-/// Rows the proof runs on: the test split, topped up from validation and train to reach
-/// `PROOF_ROWS` when the test split is small.
+/// Rows the proof runs on: the first `PROOF_ROWS_MAX` of the test split, topped up from
+/// validation and train to reach `PROOF_ROWS` when the test split is small.
 pub fn proof_rows(snap: &Snapshot) -> Split {
-    let mut x = snap.test.x.clone();
-    let mut y = snap.test.y.clone();
+    let take = snap.test.n.min(super::PROOF_ROWS_MAX);
+    let mut x = snap.test.x[..take * snap.test.d].to_vec();
+    let mut y = snap.test.y[..take].to_vec();
     for s in [&snap.val, &snap.train] {
         let need = super::PROOF_ROWS.saturating_sub(y.len()).min(s.n);
         x.extend_from_slice(&s.x[..need * s.d]);
@@ -394,7 +395,14 @@ pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
     let test = power_kpis(&tensors::to_vec(&pred), &snap.test.y);
 
     let model = export(&net, &snap, y_scale, &c.sha);
-    let proof = prove(&model, &net, &snap, y_scale, c.threads, device)?;
+    // The proof's libtorch side runs on the CPU, like ONNX Runtime here: it checks the
+    // export, not how a GPU rounds.
+    let mut cpu_vs = nn::VarStore::new(Device::Cpu);
+    let cpu_net = Net::new(&cpu_vs.root(), d, s);
+    cpu_vs
+        .copy(&vs)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("copying the weights to the CPU: {e}")))?;
+    let proof = prove(&model, &cpu_net, &snap, y_scale, c.threads, Device::Cpu)?;
     let history = History {
         format: "emshap-ci.history/1".into(),
         model: "power".into(),
