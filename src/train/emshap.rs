@@ -192,6 +192,8 @@ struct Scored {
     /// |E(x)| + |log Ẑ| per entry: the size of the terms log p̂ is the difference of, which
     /// bounds how precisely two runtimes can agree on it.
     log_p_scale: Tensor,
+    /// |E(v_k)| + |log q(v_k)| per candidate [P, K]: the same for the weights' logits.
+    logw_scale: Tensor,
 }
 
 impl Net {
@@ -233,7 +235,9 @@ impl Net {
         let cand = Tensor::cat(&[x_e.unsqueeze(1), v.shallow_clone()], 1);
         let e = self.energy(&cand, &ce, &cols);
         let e_x = e.select(1, 0);
-        let logw = e.narrow(1, 1, k).neg() - log_q_v;
+        let e_v = e.narrow(1, 1, k);
+        let logw_scale = (e_v.abs() + log_q_v.abs()).detach();
+        let logw = e_v.neg() - log_q_v;
         let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
         let log_p_scale = (e_x.abs() + log_z.abs()).detach();
         let log_p = e_x.neg() - log_z;
@@ -247,6 +251,7 @@ impl Net {
             log_p,
             log_q_x,
             log_p_scale,
+            logw_scale,
         }
     }
 
@@ -271,8 +276,8 @@ impl Net {
     /// The graph's computation in libtorch, standardised units: for every entry of
     /// xs [N, d] with observed b [N, d] and randomness u, z [N, K, d], returns imputed [N, d],
     /// samples [N, K, d], weights [N, K, d], log p̂ [N, d] (not yet masked) and the scale of
-    /// log p̂'s terms [N, d].
-    fn dense(&self, xs: &Tensor, b: &Tensor, u: &Tensor, z: &Tensor) -> [Tensor; 5] {
+    /// log p̂'s terms [N, d], and of the weights' logits' terms [N, K, d].
+    fn dense(&self, xs: &Tensor, b: &Tensor, u: &Tensor, z: &Tensor) -> [Tensor; 6] {
         let (n, k, d) = (xs.size()[0], u.size()[1], self.d);
         let flat = Tensor::arange(n * d, (Kind::Int64, xs.device()));
         let u = u.permute([0, 2, 1]).contiguous();
@@ -286,6 +291,7 @@ impl Net {
             to_nkd(&s.w),
             s.log_p.view([n, d]),
             s.log_p_scale.view([n, d]),
+            to_nkd(&s.logw_scale),
         ]
     }
 
@@ -466,8 +472,8 @@ fn dense_all(
     k: usize,
     d: usize,
     device: Device,
-) -> [Vec<f32>; 5] {
-    let mut out: [Vec<f32>; 5] = Default::default();
+) -> [Vec<f32>; 6] {
+    let mut out: [Vec<f32>; 6] = Default::default();
     tch::no_grad(|| {
         for start in (0..n).step_by(CHUNK) {
             let len = CHUNK.min(n - start);
@@ -500,7 +506,7 @@ fn test_kpis(
     let (n, d) = (t.n.min(4096), t.d);
     let draws = fixed_draws(seed ^ 0x7e57, n, k, d, 0.5);
     let xs = &t.x[..n * d];
-    let [imputed, _, _, log_p, _] = dense_all(net, xs, &draws, n, k, d, device);
+    let [imputed, _, _, log_p, _, _] = dense_all(net, xs, &draws, n, k, d, device);
     let sd_test: Vec<f64> = (0..d)
         .map(|j| {
             let col: Vec<f64> = (0..t.n).map(|i| f64::from(t.x[i * d + j])).collect();
@@ -816,7 +822,16 @@ fn prove(
         all
     });
     keep_off_steps(&mut draws.u, &cdf, n, k, d, m);
-    let [imp, v, w, log_p, log_p_scale] = dense_all(net, &xs, &draws, n, k, d, device);
+    let [imp, v, w, log_p, log_p_scale, logw_scale] = dense_all(net, &xs, &draws, n, k, d, device);
+    // Per entry, the largest logit term of its weights: the imputation's scale with σ.
+    let entry_terms: Vec<f64> = (0..n * d)
+        .map(|i| {
+            let (row, j) = (i / d, i % d);
+            (0..k)
+                .map(|kk| f64::from(logw_scale[(row * k + kk) * d + j]))
+                .fold(1.0, f64::max)
+        })
+        .collect();
     // The graph's raw-unit outputs, from the standardised ones, in f32 as the graph does.
     let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
     let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
@@ -895,13 +910,19 @@ fn prove(
                     )))
                 }
             };
-            // Raw-unit outputs are compared on the scale of their feature, log_density on
-            // the size of the terms it is the difference of.
+            // f32 rounding is relative to the terms a value is computed from, not to the
+            // value: samples are compared on their feature's σ; log_density on the size of
+            // E(x) and log Ẑ; the weights on the size of their logits' terms E(v) and
+            // log q(v); the imputation on σ times its weights' largest term.
             let sd = |i: usize| snap.scaler.std[i % d];
             let terms = |i: usize| f64::from(log_p_scale[start * d + i]).max(1.0);
+            let w_terms = |i: usize| f64::from(logw_scale[start * k * d + i]).max(1.0);
+            let imp_terms = |i: usize| snap.scaler.std[i % d] * entry_terms[start * d + i];
             match name.as_str() {
-                "imputed" | "samples" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, sd)?,
+                "samples" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, sd)?,
+                "imputed" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, imp_terms)?,
                 "log_density" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, terms)?,
+                "weights" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, w_terms)?,
                 _ => cmp.add(EMSHAP_ONNX, name, &t.data, want)?,
             }
         }
