@@ -1009,3 +1009,56 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
         EMSHAP_HISTORY,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::pull::PullArgs;
+    use crate::settings::{resolve_pull, resolve_train_emshap, ConfigFile};
+
+    #[test]
+    fn the_proof_passes_an_exact_export_and_catches_a_graph_that_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("data");
+        let args = PullArgs {
+            out: Some(out.clone()),
+            ..Default::default()
+        };
+        let ps = resolve_pull(&args, &ConfigFile::default()).unwrap();
+        crate::pull::pull(&ps, &Progress::new("test", true)).unwrap();
+        let snap = data::load(&out).unwrap();
+        let mut s = resolve_train_emshap(&Default::default(), &ConfigFile::default()).unwrap();
+        s.proposals = 4;
+        s.common.threads = 2;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), snap.train.d as i64, &s);
+        let model = export(&net, &snap, &s);
+        let proof = prove(&model, &net, &snap, &s, Device::Cpu).unwrap();
+        assert!(proof.rows >= crate::train::PROOF_ROWS);
+        assert_eq!(proof.max_rel_diff.len(), 4);
+        // libtorch's proposal moves away from the exported file: its samples differ.
+        let mut bias = net.head2.bs.as_ref().unwrap().shallow_clone();
+        tch::no_grad(|| {
+            let _ = bias.f_add_scalar_(0.05).unwrap();
+        });
+        let e = prove(&model, &net, &snap, &s, Device::Cpu).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("export proof of emshap_model.onnx failed"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn masks_leave_at_least_one_unobserved_feature_per_row() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for rate in [0.0, 0.01, 0.5, 1.0] {
+            let b = masks(&mut rng, 500, 7, rate);
+            for row in b.chunks(7) {
+                assert!(row.contains(&0.0), "rate {rate}: {row:?}");
+            }
+            let unobserved = b.iter().filter(|&&v| v == 0.0).count() as f64 / b.len() as f64;
+            assert!(unobserved >= rate - 0.05, "rate {rate}: {unobserved}");
+        }
+    }
+}
