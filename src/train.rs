@@ -210,46 +210,71 @@ pub fn train_emshap(s: &EmshapSettings, progress: &Progress) -> Result<TrainRepo
     }
 }
 
+/// A trained model, exported and proven, ready to be written.
+#[cfg(feature = "torch")]
+struct Trained<'a> {
+    model: &'static str,
+    vs: &'a tch::nn::VarStore,
+    device: tch::Device,
+    common: &'a TrainSettings,
+    settings: serde_json::Value,
+    rows_train: usize,
+    rows_val: usize,
+    fitted: fit::Fitted,
+    test: BTreeMap<String, f64>,
+    proof: Proof,
+    onnx: (&'static str, Vec<u8>),
+    checkpoint: &'static str,
+    history_file: &'static str,
+}
+
 /// Writes a trained model's files together (ONNX, checkpoint, history, and the snapshot's
 /// scaler.json beside them) and makes the report.
 #[cfg(feature = "torch")]
-fn finish(
-    vs: &tch::nn::VarStore,
-    snap: &data::Snapshot,
-    history: History,
-    seconds: f64,
-    onnx: &[(&str, Vec<u8>)],
-    checkpoint: &str,
-    history_file: &str,
-) -> Result<TrainReport> {
-    let mut files: Vec<(&str, Vec<u8>)> = onnx.to_vec();
-    files.push((checkpoint, tensors::safetensors(vs)?));
+fn finish(t: Trained, snap: &data::Snapshot) -> Result<TrainReport> {
+    let c = t.common;
+    let history = History {
+        format: "emshap-ci.history/1".into(),
+        model: t.model.into(),
+        device: tensors::device_name(t.device),
+        seed: c.seed,
+        threads: c.threads,
+        batch_size: c.batch_size,
+        rows_train: t.rows_train,
+        rows_val: t.rows_val,
+        snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
+        settings: t.settings,
+        epochs: t.fitted.epochs,
+        best_epoch: t.fitted.best_epoch,
+        best_val_loss: t.fitted.best_val_loss,
+        stopped_early: t.fitted.stopped_early,
+        test: t.test,
+        proof: t.proof,
+    };
     let mut json = serde_json::to_vec_pretty(&history).map_err(|e| Error::Internal(e.into()))?;
     json.push(b'\n');
-    files.push((history_file, json));
-    files.push((
-        crate::pull::snapshot::SCALER_FILE,
-        snap.scaler_bytes.clone(),
-    ));
-    let out = history
-        .settings
-        .get("out")
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("settings have no out")))?;
-    let written = tensors::write_all(&out, &files)?;
-    let rows: usize = history.epochs.len() * history.rows_train;
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        t.onnx,
+        (t.checkpoint, tensors::safetensors(t.vs)?),
+        (t.history_file, json),
+        (
+            crate::pull::snapshot::SCALER_FILE,
+            snap.scaler_bytes.clone(),
+        ),
+    ];
+    let written = tensors::write_all(&c.out, &files)?;
+    let rows = history.epochs.len() * history.rows_train;
     Ok(TrainReport {
-        model: history.model.clone(),
-        device: history.device.clone(),
-        out,
+        model: history.model,
+        device: history.device,
+        out: c.out.clone(),
         files: written,
         epochs_run: history.epochs.len(),
         best_epoch: history.best_epoch,
         best_val_loss: history.best_val_loss,
-        seconds,
-        samples_per_s: rows as f64 / seconds.max(1e-9),
-        test: history.test.clone(),
-        proof: history.proof.clone(),
+        seconds: t.fitted.seconds,
+        samples_per_s: rows as f64 / t.fitted.seconds.max(1e-9),
+        test: history.test,
+        proof: history.proof,
     })
 }

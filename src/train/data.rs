@@ -183,3 +183,17 @@ fn read_split(path: &Path, features: &[String]) -> Result<Split> {
     let n = y.len();
     Ok(Split { x, y, n, d })
 }
+
+/// The bundled fixture pulled into `dir/data` and loaded (for unit tests).
+#[cfg(test)]
+pub fn embedded_snapshot(dir: &Path) -> Snapshot {
+    let out = dir.join("data");
+    let args = crate::cli::pull::PullArgs {
+        out: Some(out.clone()),
+        ..Default::default()
+    };
+    let settings =
+        crate::settings::resolve_pull(&args, &crate::settings::ConfigFile::default()).unwrap();
+    crate::pull::pull(&settings, &crate::progress::Progress::new("test", true)).unwrap();
+    load(&out).unwrap()
+}

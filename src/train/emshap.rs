@@ -28,7 +28,7 @@ use super::power::{
     metadata, proof_rows, raw_features, sample_rows, scaler_nodes, standardise_like_graph,
 };
 use super::tensors::{self, Comparison};
-use super::{EmshapSettings, History, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX};
+use super::{EmshapSettings, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX};
 use crate::error::{Error, Result};
 use crate::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
 use crate::progress::Progress;
@@ -975,58 +975,37 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     let model = export(&net, &snap, s);
     // The proof's libtorch side runs on the CPU, like ONNX Runtime here: it checks the
     // export, not how a GPU rounds.
-    let mut cpu_vs = nn::VarStore::new(Device::Cpu);
-    let cpu_net = Net::new(&cpu_vs.root(), d as i64, s);
-    cpu_vs
-        .copy(&vs)
-        .map_err(|e| Error::Internal(anyhow::anyhow!("copying the weights to the CPU: {e}")))?;
+    let (_cpu_vs, cpu_net) = tensors::on_cpu(&vs, |p| Net::new(p, d as i64, s))?;
     let proof = prove(&model, &cpu_net, &snap, s, Device::Cpu)?;
-    let history = History {
-        format: "emshap-ci.history/1".into(),
-        model: "emshap".into(),
-        device: tensors::device_name(device),
-        seed: c.seed,
-        threads: c.threads,
-        batch_size: c.batch_size,
-        rows_train: train_split.n,
-        rows_val: vn,
-        snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
-        settings: serde_json::to_value(s).map_err(|e| Error::Internal(e.into()))?,
-        epochs: fitted.epochs,
-        best_epoch: fitted.best_epoch,
-        best_val_loss: fitted.best_val_loss,
-        stopped_early: fitted.stopped_early,
-        test,
-        proof,
-    };
     super::finish(
-        &vs,
+        super::Trained {
+            model: "emshap",
+            vs: &vs,
+            device,
+            common: c,
+            settings: serde_json::to_value(s).map_err(|e| Error::Internal(e.into()))?,
+            rows_train: train_split.n,
+            rows_val: vn,
+            fitted,
+            test,
+            proof,
+            onnx: (EMSHAP_ONNX, model),
+            checkpoint: EMSHAP_CHECKPOINT,
+            history_file: EMSHAP_HISTORY,
+        },
         &snap,
-        history,
-        fitted.seconds,
-        &[(EMSHAP_ONNX, model)],
-        EMSHAP_CHECKPOINT,
-        EMSHAP_HISTORY,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::pull::PullArgs;
-    use crate::settings::{resolve_pull, resolve_train_emshap, ConfigFile};
+    use crate::settings::{resolve_train_emshap, ConfigFile};
 
     #[test]
     fn the_proof_passes_an_exact_export_and_catches_a_graph_that_differs() {
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("data");
-        let args = PullArgs {
-            out: Some(out.clone()),
-            ..Default::default()
-        };
-        let ps = resolve_pull(&args, &ConfigFile::default()).unwrap();
-        crate::pull::pull(&ps, &Progress::new("test", true)).unwrap();
-        let snap = data::load(&out).unwrap();
+        let snap = data::embedded_snapshot(dir.path());
         let mut s = resolve_train_emshap(&Default::default(), &ConfigFile::default()).unwrap();
         s.proposals = 4;
         s.common.threads = 2;

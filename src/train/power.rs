@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::data::{self, Snapshot, Split};
 use super::fit::{self, Trainee};
 use super::tensors::{self, Comparison};
-use super::{History, PowerSettings, TrainReport, POWER_CHECKPOINT, POWER_HISTORY, POWER_ONNX};
+use super::{PowerSettings, TrainReport, POWER_CHECKPOINT, POWER_HISTORY, POWER_ONNX};
 use crate::error::{Error, Result};
 use crate::onnx::{self, attr_int, Dim, GraphBuilder};
 use crate::progress::Progress;
@@ -397,58 +397,37 @@ pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
     let model = export(&net, &snap, y_scale, &c.sha);
     // The proof's libtorch side runs on the CPU, like ONNX Runtime here: it checks the
     // export, not how a GPU rounds.
-    let mut cpu_vs = nn::VarStore::new(Device::Cpu);
-    let cpu_net = Net::new(&cpu_vs.root(), d, s);
-    cpu_vs
-        .copy(&vs)
-        .map_err(|e| Error::Internal(anyhow::anyhow!("copying the weights to the CPU: {e}")))?;
+    let (_cpu_vs, cpu_net) = tensors::on_cpu(&vs, |p| Net::new(p, d, s))?;
     let proof = prove(&model, &cpu_net, &snap, y_scale, c.threads, Device::Cpu)?;
-    let history = History {
-        format: "emshap-ci.history/1".into(),
-        model: "power".into(),
-        device: tensors::device_name(device),
-        seed: c.seed,
-        threads: c.threads,
-        batch_size: c.batch_size,
-        rows_train: train_split.n,
-        rows_val: snap.val.n,
-        snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
-        settings: serde_json::to_value(s).map_err(|e| Error::Internal(e.into()))?,
-        epochs: fitted.epochs,
-        best_epoch: fitted.best_epoch,
-        best_val_loss: fitted.best_val_loss,
-        stopped_early: fitted.stopped_early,
-        test,
-        proof,
-    };
     super::finish(
-        &vs,
+        super::Trained {
+            model: "power",
+            vs: &vs,
+            device,
+            common: c,
+            settings: serde_json::to_value(s).map_err(|e| Error::Internal(e.into()))?,
+            rows_train: train_split.n,
+            rows_val: snap.val.n,
+            fitted,
+            test,
+            proof,
+            onnx: (POWER_ONNX, model),
+            checkpoint: POWER_CHECKPOINT,
+            history_file: POWER_HISTORY,
+        },
         &snap,
-        history,
-        fitted.seconds,
-        &[(POWER_ONNX, model)],
-        POWER_CHECKPOINT,
-        POWER_HISTORY,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::pull::PullArgs;
-    use crate::settings::{resolve_pull, resolve_train_power, ConfigFile};
+    use crate::settings::{resolve_train_power, ConfigFile};
 
     #[test]
     fn the_proof_catches_a_graph_that_differs_from_libtorch() {
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("data");
-        let args = PullArgs {
-            out: Some(out.clone()),
-            ..Default::default()
-        };
-        let ps = resolve_pull(&args, &ConfigFile::default()).unwrap();
-        crate::pull::pull(&ps, &Progress::new("test", true)).unwrap();
-        let snap = data::load(&out).unwrap();
+        let snap = data::embedded_snapshot(dir.path());
         let s = resolve_train_power(&Default::default(), &ConfigFile::default()).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let net = Net::new(&vs.root(), snap.train.d as i64, &s);

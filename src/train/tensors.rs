@@ -146,3 +146,16 @@ pub fn safetensors(vs: &tch::nn::VarStore) -> Result<Vec<u8>> {
         .map_err(|e| Error::Internal(anyhow::anyhow!("writing the checkpoint: {e}")))?;
     fs::read(&path).map_err(|e| Error::read(&path, e))
 }
+
+/// A copy of a model on the CPU: `build` makes its variables in a fresh CPU var store, and
+/// the trained values are copied in by name (the export proof's libtorch reference).
+pub fn on_cpu<N>(
+    vs: &tch::nn::VarStore,
+    build: impl FnOnce(&tch::nn::Path) -> N,
+) -> Result<(tch::nn::VarStore, N)> {
+    let mut cpu = tch::nn::VarStore::new(Device::Cpu);
+    let net = build(&cpu.root());
+    cpu.copy(vs)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("copying the weights to the CPU: {e}")))?;
+    Ok((cpu, net))
+}
