@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod error;
 pub mod framing;
+pub mod gate;
 pub mod generate;
 pub mod kafka;
 pub mod native;
