@@ -9,6 +9,7 @@ pub mod framing;
 pub mod gate;
 pub mod generate;
 pub mod kafka;
+pub mod kpi;
 pub mod native;
 pub mod onnx;
 pub mod progress;

@@ -216,48 +216,67 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
+fn ort_err(what: &str, e: ort::Error) -> Error {
+    Error::Internal(anyhow::anyhow!("onnx runtime: {what}: {e}"))
+}
+
+/// A model loaded into ONNX Runtime once, for many runs (batches).
+pub struct Session {
+    inner: ort::session::Session,
+    outputs: Vec<String>,
+}
+
+impl Session {
+    pub fn new(model: &[u8], threads: usize) -> Result<Self> {
+        let env = crate::native::ort_environment()?;
+        let inner = ort::session::Session::builder(env)
+            .map_err(|e| ort_err("session builder", e))?
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| ort_err("threads", e.into()))?
+            .commit_from_memory(model)
+            .map_err(|e| ort_err("the model was refused", e))?;
+        let outputs = inner
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        Ok(Self { inner, outputs })
+    }
+
+    /// Runs the model; returns the outputs in graph order.
+    pub fn run(&mut self, inputs: Vec<(&str, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        let mut values: Vec<(Cow<'_, str>, ort::session::SessionInputValue<'_>)> = Vec::new();
+        for (name, t) in inputs {
+            let v =
+                ort::value::Tensor::from_array((t.shape, t.data)).map_err(|e| ort_err(name, e))?;
+            values.push((Cow::Owned(name.to_string()), v.into()));
+        }
+        let outputs = self.inner.run(values).map_err(|e| ort_err("run", e))?;
+        self.outputs
+            .iter()
+            .map(|name| {
+                let (shape, data) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| ort_err(name, e))?;
+                Ok((
+                    name.clone(),
+                    Tensor {
+                        shape: shape.iter().map(|&d| d as usize).collect(),
+                        data: data.to_vec(),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
 /// Runs a serialised model once through ONNX Runtime; returns the outputs in graph order.
 pub fn run(
     model: &[u8],
     inputs: Vec<(&str, Tensor)>,
     threads: usize,
 ) -> Result<Vec<(String, Tensor)>> {
-    let ort_err =
-        |what: &str, e: ort::Error| Error::Internal(anyhow::anyhow!("onnx runtime: {what}: {e}"));
-    let env = crate::native::ort_environment()?;
-    let mut session = ort::session::Session::builder(env)
-        .map_err(|e| ort_err("session builder", e))?
-        .with_intra_threads(threads.max(1))
-        .map_err(|e| ort_err("threads", e.into()))?
-        .commit_from_memory(model)
-        .map_err(|e| ort_err("the model was refused", e))?;
-    let mut values: Vec<(Cow<'_, str>, ort::session::SessionInputValue<'_>)> = Vec::new();
-    for (name, t) in inputs {
-        let v = ort::value::Tensor::from_array((t.shape, t.data)).map_err(|e| ort_err(name, e))?;
-        values.push((Cow::Owned(name.to_string()), v.into()));
-    }
-    let names: Vec<String> = session
-        .outputs()
-        .iter()
-        .map(|o| o.name().to_string())
-        .collect();
-    let outputs = session.run(values).map_err(|e| ort_err("run", e))?;
-    names
-        .into_iter()
-        .map(|name| {
-            let (shape, data) = outputs[name.as_str()]
-                .try_extract_tensor::<f32>()
-                .map_err(|e| ort_err(&name, e))?;
-            let shape = shape.iter().map(|&d| d as usize).collect();
-            Ok((
-                name,
-                Tensor {
-                    shape,
-                    data: data.to_vec(),
-                },
-            ))
-        })
-        .collect()
+    Session::new(model, threads)?.run(inputs)
 }
 
 #[cfg(test)]

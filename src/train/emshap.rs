@@ -16,9 +16,8 @@ use std::time::Instant;
 
 use prost::Message;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -30,6 +29,7 @@ use super::power::{
 use super::tensors::{self, Comparison};
 use super::{EmshapSettings, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX};
 use crate::error::{Error, Result};
+use crate::kpi::{column_sd, emshap_kpis, fixed_draws, masks, FixedDraws};
 use crate::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
 use crate::progress::Progress;
 
@@ -305,42 +305,6 @@ impl Net {
     }
 }
 
-/// Observed (1) / unobserved (0) per entry: each unobserved with probability `rate`, at
-/// least one unobserved per row (DESIGN §4).
-pub fn masks(rng: &mut ChaCha8Rng, n: usize, d: usize, rate: f64) -> Vec<f32> {
-    let mut b = vec![1.0f32; n * d];
-    for row in b.chunks_mut(d) {
-        let mut any = false;
-        for v in row.iter_mut() {
-            if rng.random::<f64>() < rate {
-                *v = 0.0;
-                any = true;
-            }
-        }
-        if !any {
-            row[rng.random_range(0..d)] = 0.0;
-        }
-    }
-    b
-}
-
-/// Fixed randomness for scoring: masks at `rate`, uniforms and normals [N, K, d].
-pub struct FixedDraws {
-    pub observed: Vec<f32>,
-    pub u: Vec<f32>,
-    pub z: Vec<f32>,
-}
-
-pub fn fixed_draws(seed: u64, n: usize, k: usize, d: usize, rate: f64) -> FixedDraws {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let observed = masks(&mut rng, n, d, rate);
-    let u = (0..n * k * d).map(|_| rng.random::<f32>()).collect();
-    let z = (0..n * k * d)
-        .map(|_| rng.sample::<f32, _>(StandardNormal))
-        .collect();
-    FixedDraws { observed, u, z }
-}
-
 struct Emshap<'a> {
     net: &'a Net,
     s: &'a EmshapSettings,
@@ -507,32 +471,19 @@ fn test_kpis(
     let draws = fixed_draws(seed ^ 0x7e57, n, k, d, 0.5);
     let xs = &t.x[..n * d];
     let [imputed, _, _, log_p, _, _] = dense_all(net, xs, &draws, n, k, d, device);
-    let sd_test: Vec<f64> = (0..d)
-        .map(|j| {
-            let col: Vec<f64> = (0..t.n).map(|i| f64::from(t.x[i * d + j])).collect();
-            let mean = col.iter().sum::<f64>() / col.len() as f64;
-            let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64;
-            var.sqrt().max(1e-12)
-        })
+    // In standardised units: the error ratios are the same as in raw units, and the raw
+    // log density is log p̂ − log σ.
+    let log_density: Vec<f32> = log_p
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v - snap.scaler.std[i % d].ln() as f32)
         .collect();
-    let (mut se, mut se_mean, mut nll, mut cnt) = (0.0, 0.0, 0.0, 0usize);
-    for i in 0..n * d {
-        if draws.observed[i] > 0.5 {
-            continue;
-        }
-        let j = i % d;
-        let truth = f64::from(xs[i]);
-        se += ((f64::from(imputed[i]) - truth) / sd_test[j]).powi(2);
-        // Mean imputation: the training mean, 0 in standardised units.
-        se_mean += (truth / sd_test[j]).powi(2);
-        nll += -f64::from(log_p[i]) + snap.scaler.std[j].ln();
-        cnt += 1;
-    }
-    let cnt = cnt.max(1) as f64;
-    let mut m = BTreeMap::new();
-    m.insert("nll".into(), nll / cnt);
-    m.insert("imputation_rmse".into(), (se / cnt).sqrt());
-    m.insert("mean_imputation_rmse".into(), (se_mean / cnt).sqrt());
+    let sd = column_sd(&t.x, d);
+    let mut m = emshap_kpis(xs, &draws.observed, &imputed, &log_density, &sd);
+    // Mean imputation: the training mean, 0 in standardised units.
+    let zeros = vec![0.0; n * d];
+    let baseline = emshap_kpis(xs, &draws.observed, &zeros, &log_density, &sd);
+    m.insert("mean_imputation_rmse".into(), baseline["imputation_rmse"]);
     m.insert("rows".into(), n as f64);
     m
 }
@@ -860,44 +811,41 @@ fn prove(
         })
         .collect();
     let mut cmp = Comparison::default();
+    let mut session = onnx::Session::new(model, s.common.threads)?;
     for start in (0..n).step_by(CHUNK) {
         let len = CHUNK.min(n - start);
         let nd = start * d..(start + len) * d;
         let nkd = start * k * d..(start + len) * k * d;
-        let out = onnx::run(
-            model,
-            vec![
-                (
-                    "features",
-                    onnx::Tensor {
-                        shape: vec![len, d],
-                        data: raw[nd.clone()].to_vec(),
-                    },
-                ),
-                (
-                    "observed",
-                    onnx::Tensor {
-                        shape: vec![len, d],
-                        data: draws.observed[nd.clone()].to_vec(),
-                    },
-                ),
-                (
-                    "noise",
-                    onnx::Tensor {
-                        shape: vec![len, k, d],
-                        data: draws.z[nkd.clone()].to_vec(),
-                    },
-                ),
-                (
-                    "component_u",
-                    onnx::Tensor {
-                        shape: vec![len, k, d],
-                        data: draws.u[nkd.clone()].to_vec(),
-                    },
-                ),
-            ],
-            s.common.threads,
-        )?;
+        let out = session.run(vec![
+            (
+                "features",
+                onnx::Tensor {
+                    shape: vec![len, d],
+                    data: raw[nd.clone()].to_vec(),
+                },
+            ),
+            (
+                "observed",
+                onnx::Tensor {
+                    shape: vec![len, d],
+                    data: draws.observed[nd.clone()].to_vec(),
+                },
+            ),
+            (
+                "noise",
+                onnx::Tensor {
+                    shape: vec![len, k, d],
+                    data: draws.z[nkd.clone()].to_vec(),
+                },
+            ),
+            (
+                "component_u",
+                onnx::Tensor {
+                    shape: vec![len, k, d],
+                    data: draws.u[nkd.clone()].to_vec(),
+                },
+            ),
+        ])?;
         for (name, t) in &out {
             let want: &[f32] = match name.as_str() {
                 "imputed" => &want_imputed[nd.clone()],

@@ -3,8 +3,6 @@
 //! standardised target with MSE; exported with the scaler in front and the target's
 //! de-standardisation behind, so the graph maps raw metrics to watts.
 
-use std::collections::BTreeMap;
-
 use prost::Message;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -17,6 +15,7 @@ use super::fit::{self, Trainee};
 use super::tensors::{self, Comparison};
 use super::{PowerSettings, TrainReport, POWER_CHECKPOINT, POWER_HISTORY, POWER_ONNX};
 use crate::error::{Error, Result};
+use crate::kpi::power_kpis;
 use crate::onnx::{self, attr_int, Dim, GraphBuilder};
 use crate::progress::Progress;
 
@@ -163,30 +162,6 @@ fn standardised_target(split: &Split, (mean, sd): (f64, f64), device: Device) ->
         .map(|&v| ((f64::from(v) - mean) / sd) as f32)
         .collect();
     tensors::matrix(&y, split.n, 1, device)
-}
-
-/// The KPIs of DESIGN §7 for predictions against the raw target.
-pub fn power_kpis(pred: &[f32], truth: &[f32]) -> BTreeMap<String, f64> {
-    let n = truth.len() as f64;
-    let mean = truth.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let (mut se, mut ae, mut tss, mut ape, mut ape_n) = (0.0, 0.0, 0.0, 0.0, 0usize);
-    for (&p, &t) in pred.iter().zip(truth) {
-        let (p, t) = (f64::from(p), f64::from(t));
-        se += (p - t).powi(2);
-        ae += (p - t).abs();
-        tss += (t - mean).powi(2);
-        if t.abs() > 0.0 {
-            ape += ((p - t) / t).abs();
-            ape_n += 1;
-        }
-    }
-    let mut m = BTreeMap::new();
-    m.insert("mse".into(), se / n);
-    m.insert("rmse".into(), (se / n).sqrt());
-    m.insert("mae".into(), ae / n);
-    m.insert("r2".into(), 1.0 - se / tss.max(f64::MIN_POSITIVE));
-    m.insert("mape".into(), 100.0 * ape / (ape_n.max(1) as f64));
-    m
 }
 
 /// (weight [out, in], bias [out]) of a linear layer with a batch norm folded in (eval mode).
