@@ -77,6 +77,14 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "pull", "ok": true, "report": report}),
             })
         }
+        Command::Evaluate(args) => {
+            let s = settings::resolve_evaluate(args, &config)?;
+            let m = crate::evaluate::evaluate(&s)?;
+            Ok(Outcome {
+                text: evaluate_text(&m),
+                json: json!({"command": "evaluate", "ok": true, "metrics": m}),
+            })
+        }
         Command::Train(cmd) => {
             let report = match cmd {
                 TrainCommand::Power(args) => {
@@ -114,6 +122,45 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
             })
         }
     }
+}
+
+fn evaluate_text(m: &crate::evaluate::Metrics) -> String {
+    let mut lines = vec![format!(
+        "verdict: {} (baseline: {}; {} power rows, {} EMSHAP rows; {:.1} s)",
+        m.verdict,
+        serde_json::to_value(m.baseline)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        m.rows.get("power").copied().unwrap_or(0),
+        m.rows.get("emshap").copied().unwrap_or(0),
+        m.seconds
+    )];
+    for c in &m.checks {
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.5}"));
+        lines.push(format!(
+            "{} {}.{}: candidate {} production {}{}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.model,
+            c.metric,
+            fmt(c.candidate),
+            fmt(c.baseline),
+            if c.passed {
+                String::new()
+            } else {
+                format!(" ({})", c.reason)
+            }
+        ));
+    }
+    if let Some(f) = &m.force {
+        lines.push(format!(
+            "FORCED by {} despite {} failed check(s): {}",
+            f.by,
+            f.failed.len(),
+            f.reason
+        ));
+    }
+    lines.join("\n")
 }
 
 /// The JSON object printed for a failed command under `--output json`.

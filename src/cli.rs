@@ -1,6 +1,7 @@
 //! The command line: clap derive types only. Every flag is a raw `Option` that also reads
 //! `EMSHAP_CI_<NAME>`; `settings` merges them with the config file and the defaults.
 
+pub mod evaluate;
 pub mod generate;
 pub mod pull;
 pub mod train;
@@ -59,4 +60,7 @@ pub enum Command {
     /// Train a model on a snapshot, export it to ONNX and prove the file against libtorch.
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Score the candidate (and production, on the same test rows) through ONNX Runtime and
+    /// apply the gate; writes metrics.json. Exit 1 when the gate fails.
+    Evaluate(evaluate::EvaluateArgs),
 }

@@ -49,6 +49,10 @@ pub enum Error {
     #[error("data quality: {message}")]
     DataQuality { message: String },
 
+    /// The candidate failed the gate (DESIGN §7); metrics.json says which rules.
+    #[error("gate failed: {message}")]
+    GateFailed { message: String },
+
     /// A bug or an unexpected condition.
     #[error("internal error: {0:#} (this is a bug in emshap-ci; please report it)")]
     Internal(#[from] anyhow::Error),
@@ -60,6 +64,7 @@ impl Error {
             Error::Usage { .. } | Error::Config { .. } | Error::Io { .. } => exit::USAGE,
             Error::Kafka { .. } => exit::EXTERNAL,
             Error::DataQuality { .. } => exit::DATA_QUALITY,
+            Error::GateFailed { .. } => exit::GATE_FAILED,
             Error::Internal(_) => exit::INTERNAL,
         }
     }
@@ -72,6 +77,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Kafka { .. } => "kafka",
             Error::DataQuality { .. } => "data_quality",
+            Error::GateFailed { .. } => "gate_failed",
             Error::Internal(_) => "internal",
         }
     }
@@ -123,5 +129,9 @@ mod tests {
         };
         assert_eq!(kafka.exit_code(), 3);
         assert_eq!(Error::Internal(anyhow::anyhow!("bug")).exit_code(), 70);
+        let gate = Error::GateFailed {
+            message: "power.rmse".into(),
+        };
+        assert_eq!(gate.exit_code(), 1);
     }
 }

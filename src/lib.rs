@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod error;
+pub mod evaluate;
 pub mod framing;
 pub mod gate;
 pub mod generate;

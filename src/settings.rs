@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cli::evaluate::EvaluateArgs;
 use crate::cli::generate::GenerateArgs;
 use crate::cli::pull::PullArgs;
 use crate::cli::train::{CommonTrainArgs, DeviceArg, TrainEmshapArgs, TrainPowerArgs};
@@ -32,6 +33,16 @@ pub struct ConfigFile {
     pub generate: GenerateSection,
     #[serde(default)]
     pub train: TrainSection,
+    #[serde(default)]
+    pub evaluate: EvaluateSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSection {
+    pub gate: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub emshap_rows: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -531,6 +542,80 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             e.val_rows.unwrap_or(4096),
             1 << 30,
         )?,
+    })
+}
+
+/// The gate rules: the defaults, with each metric the file names replaced by its rule.
+pub fn load_gate(path: Option<&Path>) -> Result<crate::gate::Rules> {
+    let mut rules = crate::gate::default_rules();
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        let file: crate::gate::Rules = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        for (model, metrics) in file {
+            if !["power", "emshap"].contains(&model.as_str()) {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    message: format!("unknown model [{model}] (use power or emshap)"),
+                });
+            }
+            for (metric, rule) in metrics {
+                rule.validate(&format!("{model}.{metric}"))?;
+                rules.entry(model.clone()).or_default().insert(metric, rule);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+pub fn resolve_evaluate(
+    args: &EvaluateArgs,
+    file: &ConfigFile,
+) -> Result<crate::evaluate::EvaluateSettings> {
+    let e = &file.evaluate;
+    let force = match (args.force, args.reason.as_deref().map(str::trim)) {
+        (true, Some(r)) if !r.is_empty() => Some(r.to_string()),
+        (true, _) => {
+            return Err(Error::usage(
+                "--force",
+                "a forced pass needs --reason \"why\" (it is recorded in metrics.json)",
+            ))
+        }
+        (false, _) => None,
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    Ok(crate::evaluate::EvaluateSettings {
+        data: args
+            .data
+            .clone()
+            .or_else(|| file.train.data.clone())
+            .unwrap_or_else(|| PathBuf::from("work/data")),
+        models: args
+            .models
+            .clone()
+            .or_else(|| file.train.out.clone())
+            .unwrap_or_else(|| PathBuf::from("work/models")),
+        baseline: args.baseline.clone(),
+        rules: load_gate(args.gate.as_deref().or(e.gate.as_deref()))?,
+        force,
+        out: args
+            .out
+            .clone()
+            .or_else(|| e.out.clone())
+            .unwrap_or_else(|| PathBuf::from("work/eval")),
+        emshap_rows: positive(
+            "--emshap-rows",
+            args.emshap_rows.or(e.emshap_rows).unwrap_or(4096),
+            1 << 30,
+        )?,
+        threads: positive("--threads", threads, 1024)?,
     })
 }
 

@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
-#[cfg(feature = "torch")]
-mod data;
+pub mod data;
 #[cfg(feature = "torch")]
 mod emshap;
 #[cfg(feature = "torch")]

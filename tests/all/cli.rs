@@ -17,6 +17,7 @@ fn help_texts() {
     insta::assert_snapshot!("help_generate", help(&["generate", "--help"]));
     insta::assert_snapshot!("help_train_power", help(&["train", "power", "--help"]));
     insta::assert_snapshot!("help_train_emshap", help(&["train", "emshap", "--help"]));
+    insta::assert_snapshot!("help_evaluate", help(&["evaluate", "--help"]));
 }
 
 /// Runs a failing command and returns "exit N: stderr" for a snapshot.

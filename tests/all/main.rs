@@ -3,6 +3,8 @@
 //! `cargo nextest run -E 'not test(/kafka/)'`.
 
 mod cli;
+#[cfg(feature = "torch")]
+mod evaluate;
 mod harness;
 mod onnx_python;
 mod pull_file;

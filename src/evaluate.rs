@@ -1,0 +1,292 @@
+//! `evaluate`: scores the candidate's models, and the baseline's on the same test rows,
+//! through ONNX Runtime (the runtime the Go service uses, never libtorch), applies the gate
+//! (`gate`), and writes `metrics.json` with every KPI, the rule applied to it, the baseline
+//! kind and the verdict (DESIGN §7).
+//!
+//! The baseline is a folder with production's files. Fetching that folder from the store is
+//! the store's job (issue 4): until then `--baseline DIR` names it directly, and without
+//! it the gate is a bootstrap.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::gate::{self, BaselineKind, Check, Kpis, Rules};
+use crate::kpi::{column_sd, emshap_kpis, fixed_draws, power_kpis};
+use crate::onnx::{Session, Tensor};
+use crate::train::data::{self, Split};
+use crate::train::{EMSHAP_ONNX, POWER_ONNX};
+
+pub const METRICS_FILE: &str = "metrics.json";
+/// The EMSHAP KPIs' fixed draws: the same masks and randomness for every version.
+pub const SEED: u64 = 0x5eed_0007;
+pub const MASK_RATE: f64 = 0.5;
+pub const PROPOSALS: usize = 20;
+/// Rows per ONNX Runtime call for the power model.
+const POWER_BATCH: usize = 65_536;
+/// Rows per call for EMSHAP (its intermediates are rows·(K+1)·d·128 floats).
+const EMSHAP_BATCH: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct EvaluateSettings {
+    pub data: PathBuf,
+    pub models: PathBuf,
+    pub baseline: Option<PathBuf>,
+    pub rules: Rules,
+    /// `Some(reason)` with --force.
+    pub force: Option<String>,
+    pub out: PathBuf,
+    pub emshap_rows: usize,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Force {
+    pub by: String,
+    pub reason: String,
+    /// The checks that failed and were overridden: "model.metric: why".
+    pub failed: Vec<String>,
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metrics {
+    pub format: String,
+    /// pass, fail or forced.
+    pub verdict: String,
+    pub baseline: BaselineKind,
+    pub candidate: Kpis,
+    pub production: Option<Kpis>,
+    pub checks: Vec<Check>,
+    pub force: Option<Force>,
+    pub rows: BTreeMap<String, usize>,
+    pub seed: u64,
+    pub mask_rate: f64,
+    pub proposals: usize,
+    pub snapshot_sha256: String,
+    /// sha256 of the candidate's ONNX files.
+    pub models: BTreeMap<String, String>,
+    pub seconds: f64,
+}
+
+/// The test rows both versions are scored on, in raw units.
+struct Rows {
+    raw: Vec<f32>,
+    target: Vec<f32>,
+    n: usize,
+    d: usize,
+    /// Per feature, the standard deviation on these rows (raw units).
+    sd: Vec<f64>,
+}
+
+fn raw_rows(test: &Split, mean: &[f64], std: &[f64]) -> Rows {
+    let d = test.d;
+    let raw: Vec<f32> = test
+        .x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (f64::from(v) * std[i % d] + mean[i % d]) as f32)
+        .collect();
+    let sd = column_sd(&raw, d);
+    Rows {
+        raw,
+        target: test.y.clone(),
+        n: test.n,
+        d,
+        sd,
+    }
+}
+
+fn read_model(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::read(&path, e)),
+    }
+}
+
+fn score_power(model: &[u8], rows: &Rows, threads: usize) -> Result<BTreeMap<String, f64>> {
+    let mut session = Session::new(model, threads)?;
+    let mut pred = Vec::with_capacity(rows.n);
+    for start in (0..rows.n).step_by(POWER_BATCH) {
+        let len = POWER_BATCH.min(rows.n - start);
+        let out = session.run(vec![(
+            "features",
+            Tensor {
+                shape: vec![len, rows.d],
+                data: rows.raw[start * rows.d..(start + len) * rows.d].to_vec(),
+            },
+        )])?;
+        pred.extend_from_slice(&out[0].1.data);
+    }
+    Ok(power_kpis(&pred, &rows.target))
+}
+
+fn score_emshap(
+    model: &[u8],
+    rows: &Rows,
+    n: usize,
+    threads: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let (d, k) = (rows.d, PROPOSALS);
+    let draws = fixed_draws(SEED, n, k, d, MASK_RATE);
+    let mut session = Session::new(model, threads)?;
+    let (mut imputed, mut log_density) = (Vec::new(), Vec::new());
+    for start in (0..n).step_by(EMSHAP_BATCH) {
+        let len = EMSHAP_BATCH.min(n - start);
+        let nd = start * d..(start + len) * d;
+        let nkd = start * k * d..(start + len) * k * d;
+        let t = |shape: Vec<usize>, v: &[f32]| Tensor {
+            shape,
+            data: v.to_vec(),
+        };
+        let out = session.run(vec![
+            ("features", t(vec![len, d], &rows.raw[nd.clone()])),
+            ("observed", t(vec![len, d], &draws.observed[nd])),
+            ("noise", t(vec![len, k, d], &draws.z[nkd.clone()])),
+            ("component_u", t(vec![len, k, d], &draws.u[nkd])),
+        ])?;
+        for (name, t) in out {
+            match name.as_str() {
+                "imputed" => imputed.extend(t.data),
+                "log_density" => log_density.extend(t.data),
+                _ => {}
+            }
+        }
+    }
+    if imputed.len() != n * d || log_density.len() != n * d {
+        return Err(Error::usage(
+            "--models",
+            format!("{EMSHAP_ONNX} does not have the imputed and log_density outputs of DESIGN §5"),
+        ));
+    }
+    Ok(emshap_kpis(
+        &rows.raw[..n * d],
+        &draws.observed,
+        &imputed,
+        &log_density,
+        &rows.sd,
+    ))
+}
+
+/// Scores whichever of the two models `dir` has; a model that is absent has no KPIs (and
+/// the gate fails its metrics).
+fn score_dir(
+    dir: &Path,
+    rows: &Rows,
+    s: &EvaluateSettings,
+) -> Result<(Kpis, BTreeMap<String, String>)> {
+    let mut kpis = Kpis::new();
+    let mut digests = BTreeMap::new();
+    if let Some(m) = read_model(dir, POWER_ONNX)? {
+        digests.insert(POWER_ONNX.to_string(), hex::encode(Sha256::digest(&m)));
+        kpis.insert("power".into(), score_power(&m, rows, s.threads)?);
+    }
+    if let Some(m) = read_model(dir, EMSHAP_ONNX)? {
+        digests.insert(EMSHAP_ONNX.to_string(), hex::encode(Sha256::digest(&m)));
+        let n = rows.n.min(s.emshap_rows);
+        kpis.insert("emshap".into(), score_emshap(&m, rows, n, s.threads)?);
+    }
+    Ok((kpis, digests))
+}
+
+fn who() -> String {
+    ["GITHUB_ACTOR", "USER"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs the evaluation; writes metrics.json also when the gate fails (then returns
+/// `Error::GateFailed`, exit 1).
+pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
+    let started = Instant::now();
+    if !s.models.join(POWER_ONNX).is_file() && !s.models.join(EMSHAP_ONNX).is_file() {
+        return Err(Error::usage(
+            "--models",
+            format!(
+                "{} has neither {POWER_ONNX} nor {EMSHAP_ONNX} (run `emshap-ci train power` and `train emshap` with --out {} first)",
+                s.models.display(),
+                s.models.display()
+            ),
+        ));
+    }
+    let snap = data::load(&s.data)?;
+    let rows = raw_rows(&snap.test, &snap.scaler.mean, &snap.scaler.std);
+    let (candidate, models) = score_dir(&s.models, &rows, s)?;
+    let (kind, production) = match &s.baseline {
+        None => (BaselineKind::Bootstrap, None),
+        Some(dir) => {
+            let has_models = dir.join(POWER_ONNX).is_file() || dir.join(EMSHAP_ONNX).is_file();
+            if has_models {
+                (BaselineKind::SameRows, Some(score_dir(dir, &rows, s)?.0))
+            } else {
+                let path = dir.join(METRICS_FILE);
+                let text = std::fs::read_to_string(&path).map_err(|e| Error::read(&path, e))?;
+                let stored: Metrics = serde_json::from_str(&text).map_err(|e| {
+                    Error::usage(
+                        "--baseline",
+                        format!("{} is not a metrics.json: {e}", path.display()),
+                    )
+                })?;
+                (BaselineKind::StoredMetrics, Some(stored.candidate))
+            }
+        }
+    };
+    let checks = gate::judge(&s.rules, &candidate, production.as_ref());
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}.{}: {}", c.model, c.metric, c.reason))
+        .collect();
+    let (verdict, force) = match (&s.force, failed.is_empty()) {
+        (_, true) => ("pass", None),
+        (Some(reason), false) => (
+            "forced",
+            Some(Force {
+                by: who(),
+                reason: reason.clone(),
+                failed: failed.clone(),
+            }),
+        ),
+        (None, false) => ("fail", None),
+    };
+    let mut n_rows = BTreeMap::new();
+    n_rows.insert("power".to_string(), rows.n);
+    n_rows.insert("emshap".to_string(), rows.n.min(s.emshap_rows));
+    let metrics = Metrics {
+        format: "emshap-ci.metrics/1".into(),
+        verdict: verdict.into(),
+        baseline: kind,
+        candidate,
+        production,
+        checks,
+        force,
+        rows: n_rows,
+        seed: SEED,
+        mask_rate: MASK_RATE,
+        proposals: PROPOSALS,
+        snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
+        models,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    std::fs::create_dir_all(&s.out).map_err(|e| Error::write(&s.out, e))?;
+    let mut json = serde_json::to_vec_pretty(&metrics).map_err(|e| Error::Internal(e.into()))?;
+    json.push(b'\n');
+    crate::pull::snapshot::write_atomic(&s.out.join(METRICS_FILE), &json)?;
+    if verdict == "fail" {
+        return Err(Error::GateFailed {
+            message: format!(
+                "{} (details in {}; override with --force --reason)",
+                failed.join("; "),
+                s.out.join(METRICS_FILE).display()
+            ),
+        });
+    }
+    Ok(metrics)
+}

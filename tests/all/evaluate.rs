@@ -1,0 +1,237 @@
+//! `evaluate`: KPIs through ONNX Runtime, the gate against a baseline folder scored on the
+//! same rows (or its stored metrics.json, or none: bootstrap), force with a reason, and
+//! metrics.json. One trained pair is shared by the cases (training is the slow part).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+fn json_file(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn evaluate(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["evaluate", "--data", "data", "--threads", "2"];
+    args.extend_from_slice(extra);
+    run(dir, &args)
+}
+
+#[test]
+fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_exit(&run(d, &["pull", "--out", "data", "-q"]), 0);
+    let train = |model: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            model,
+            "--data",
+            "data",
+            "--out",
+            out,
+            "--threads",
+            "2",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        assert_exit(&run(d, &args), 0);
+    };
+    train("power", "good", &["--epochs", "40"]);
+    train("emshap", "good", &["--epochs", "3", "--max-rows", "3000"]);
+    // A worse power model (one epoch) beside the same EMSHAP model.
+    train("power", "worse", &["--epochs", "1"]);
+    std::fs::copy(
+        d.join("good/emshap_model.onnx"),
+        d.join("worse/emshap_model.onnx"),
+    )
+    .unwrap();
+
+    // Bootstrap: absolute bounds only; the KPIs through ONNX Runtime match libtorch's.
+    let o = evaluate(d, &["--models", "good", "--out", "eval-boot"]);
+    assert_exit(&o, 0);
+    let m = json_file(&d.join("eval-boot/metrics.json"));
+    assert_eq!(m["verdict"], "pass");
+    assert_eq!(m["baseline"], "bootstrap");
+    assert!(m["production"].is_null());
+    let history = json_file(&d.join("good/power_history.json"));
+    for k in ["rmse", "r2", "mae"] {
+        let ort = m["candidate"]["power"][k].as_f64().unwrap();
+        let tch = history["test"][k].as_f64().unwrap();
+        assert!(
+            (ort - tch).abs() <= 1e-4 * tch.abs().max(1.0),
+            "{k}: {ort} vs {tch}"
+        );
+    }
+    for k in ["nll", "imputation_rmse"] {
+        assert!(m["candidate"]["emshap"][k].as_f64().unwrap().is_finite());
+    }
+    assert_eq!(m["checks"].as_array().unwrap().len(), 7);
+
+    // Champion vs itself on the same rows: every delta is 0, and it passes.
+    let o = evaluate(
+        d,
+        &[
+            "--models",
+            "good",
+            "--baseline",
+            "good",
+            "--out",
+            "eval-same",
+        ],
+    );
+    assert_exit(&o, 0);
+    let m = json_file(&d.join("eval-same/metrics.json"));
+    assert_eq!(m["baseline"], "same_rows");
+    for c in m["checks"].as_array().unwrap() {
+        assert_eq!(c["delta"].as_f64(), Some(0.0), "{c}");
+    }
+
+    // The worse candidate fails with exit 1, and metrics.json says which rules.
+    let o = evaluate(
+        d,
+        &[
+            "--models",
+            "worse",
+            "--baseline",
+            "good",
+            "--out",
+            "eval-worse",
+        ],
+    );
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("power.rmse"), "{}", stderr(&o));
+    let m = json_file(&d.join("eval-worse/metrics.json"));
+    assert_eq!(m["verdict"], "fail");
+    let failed: Vec<String> = m["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| {
+            format!(
+                "{}.{}",
+                c["model"].as_str().unwrap(),
+                c["metric"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(failed.contains(&"power.rmse".to_string()), "{failed:?}");
+    assert!(failed.iter().all(|f| f.starts_with("power.")), "{failed:?}");
+
+    // Stored metrics as the baseline: the same verdict without production's models.
+    std::fs::create_dir(d.join("stored")).unwrap();
+    std::fs::copy(
+        d.join("eval-boot/metrics.json"),
+        d.join("stored/metrics.json"),
+    )
+    .unwrap();
+    let o = evaluate(
+        d,
+        &[
+            "--models",
+            "worse",
+            "--baseline",
+            "stored",
+            "--out",
+            "eval-stored",
+        ],
+    );
+    assert_exit(&o, 1);
+    assert_eq!(
+        json_file(&d.join("eval-stored/metrics.json"))["baseline"],
+        "stored_metrics"
+    );
+
+    // Force needs a reason; with one it passes and records who, why and what failed.
+    let o = evaluate(
+        d,
+        &[
+            "--models",
+            "worse",
+            "--baseline",
+            "good",
+            "--out",
+            "eval-f",
+            "--force",
+        ],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("--reason"), "{}", stderr(&o));
+    let o = run_env(
+        d,
+        &[
+            "evaluate",
+            "--data",
+            "data",
+            "--models",
+            "worse",
+            "--baseline",
+            "good",
+            "--out",
+            "eval-forced",
+            "--force",
+            "--reason",
+            "incident 42: old model is down",
+        ],
+        "GITHUB_ACTOR",
+        "octocat",
+    );
+    assert_exit(&o, 0);
+    let m = json_file(&d.join("eval-forced/metrics.json"));
+    assert_eq!(m["verdict"], "forced");
+    assert_eq!(m["force"]["by"], "octocat");
+    assert_eq!(m["force"]["reason"], "incident 42: old model is down");
+    assert!(!m["force"]["failed"].as_array().unwrap().is_empty());
+
+    // A candidate without its EMSHAP model fails on those metrics, never passes them.
+    std::fs::remove_file(d.join("worse/emshap_model.onnx")).unwrap();
+    let o = evaluate(d, &["--models", "worse", "--out", "eval-missing"]);
+    assert_exit(&o, 1);
+    let m = json_file(&d.join("eval-missing/metrics.json"));
+    let nll = m["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == "nll")
+        .unwrap()
+        .clone();
+    assert_eq!(nll["passed"], false);
+    assert!(nll["reason"]
+        .as_str()
+        .unwrap()
+        .contains("missing on the candidate"));
+}
+
+#[test]
+fn evaluate_without_models_or_with_a_bad_gate_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["evaluate", "--models", "nothing"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("emshap-ci train"), "{}", stderr(&o));
+    std::fs::create_dir(dir.path().join("m")).unwrap();
+    std::fs::write(dir.path().join("m/power_predictor.onnx"), b"x").unwrap();
+    std::fs::write(
+        dir.path().join("gate.toml"),
+        "[power.rmse]\ndirection = \"lower\"\nmin = 2.0\nmax = 1.0\n",
+    )
+    .unwrap();
+    let o = run(
+        dir.path(),
+        &["evaluate", "--models", "m", "--gate", "gate.toml"],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("min 2 > max 1"), "{}", stderr(&o));
+    std::fs::write(
+        dir.path().join("gate.toml"),
+        "[power.rmse]\ndirection = \"down\"\n",
+    )
+    .unwrap();
+    let o = run(
+        dir.path(),
+        &["evaluate", "--models", "m", "--gate", "gate.toml"],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("gate.toml"), "{}", stderr(&o));
+}
