@@ -599,13 +599,18 @@ impl Staging {
 
 /// Removes staging folders left by pulls that were killed (their process is gone).
 fn remove_stale_staging(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.staging-");
+    remove_stale(parent, &format!(".{name}.staging-"));
+}
+
+/// Removes files and folders in `parent` named `PREFIX<pid>` (or `PREFIX<pid>.old`) whose
+/// process is gone: what a killed run left half-written.
+pub fn remove_stale(parent: &Path, prefix: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
     for e in entries.flatten() {
         let file_name = e.file_name();
-        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
             continue;
         };
         let pid = rest.trim_end_matches(".old");
@@ -613,7 +618,12 @@ fn remove_stale_staging(parent: &Path, name: &str) {
             .parse::<u32>()
             .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
-            let _ = fs::remove_dir_all(e.path());
+            let path = e.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
         }
     }
 }

@@ -103,9 +103,13 @@ impl Comparison {
 }
 
 /// A model's output files, written together: every file goes to a temporary name in
-/// `dir` first, and only when all are written are they renamed into place.
+/// `dir` first, and only when all are written are they renamed into place. Temporary files
+/// of killed runs are removed first.
 pub fn write_all(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<Vec<String>> {
     fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+    for (name, _) in files {
+        crate::pull::snapshot::remove_stale(dir, &format!(".{name}.tmp-"));
+    }
     let pid = std::process::id();
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, PathBuf)]| {
@@ -158,4 +162,32 @@ pub fn on_cpu<N>(
     cpu.copy(vs)
         .map_err(|e| Error::Internal(anyhow::anyhow!("copying the weights to the CPU: {e}")))?;
     Ok((cpu, net))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_all_replaces_together_and_removes_what_killed_runs_left() {
+        let dir = tempfile::tempdir().unwrap();
+        // A leftover of a process that no longer exists (pid numbers stop well below this).
+        let stale = dir.path().join(".a.onnx.tmp-4294967295");
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::write(dir.path().join("a.onnx"), b"old").unwrap();
+        let names = write_all(
+            dir.path(),
+            &[("a.onnx", b"new".to_vec()), ("b.json", b"{}".to_vec())],
+        )
+        .unwrap();
+        assert_eq!(names, ["a.onnx", "b.json"]);
+        assert_eq!(std::fs::read(dir.path().join("a.onnx")).unwrap(), b"new");
+        assert!(!stale.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
