@@ -4,13 +4,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use crate::harness::*;
-
-fn json_file(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
 
 fn evaluate(dir: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["evaluate", "--data", "data", "--threads", "2"];

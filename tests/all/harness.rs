@@ -48,6 +48,11 @@ pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
         .expect("emshap-ci runs")
 }
 
+/// A JSON file, parsed.
+pub fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -39,10 +39,6 @@ fn train(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Value {
     serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"))
 }
 
-fn json_file(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 /// The standardised test split as raw rows, the raw target, and the scaler.
 struct TestRows {
     raw: Vec<f32>,
