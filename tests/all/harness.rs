@@ -49,6 +49,7 @@ pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
 }
 
 /// A JSON file, parsed.
+#[cfg_attr(not(feature = "torch"), allow(dead_code))]
 pub fn json_file(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
