@@ -26,8 +26,9 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const SEED: u64 = 0x5eed_0007;
 pub const MASK_RATE: f64 = 0.5;
 pub const PROPOSALS: usize = 20;
-/// Rows per ONNX Runtime call for the power model.
-const POWER_BATCH: usize = 65_536;
+/// Rows per ONNX Runtime call for the power model: the fastest of 1k–1M on 1M test rows
+/// (examples/bench_score.rs, BENCHMARKS.md); larger batches spill out of the caches.
+const POWER_BATCH: usize = 8_192;
 /// Rows per call for EMSHAP (its intermediates are rows·(K+1)·d·128 floats).
 const EMSHAP_BATCH: usize = 256;
 

@@ -20,7 +20,7 @@ mod emshap;
 #[cfg(feature = "torch")]
 mod fit;
 #[cfg(feature = "torch")]
-mod power;
+pub mod power;
 #[cfg(feature = "torch")]
 mod tensors;
 
@@ -50,7 +50,7 @@ pub enum DeviceChoice {
 }
 
 /// What both models' training needs, resolved.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSettings {
     pub data: PathBuf,
     pub out: PathBuf,
@@ -69,7 +69,7 @@ pub struct TrainSettings {
     pub sha: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PowerSettings {
     #[serde(flatten)]
     pub common: TrainSettings,

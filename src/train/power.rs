@@ -276,6 +276,69 @@ fn export(net: &Net, snap: &Snapshot, y_scale: (f64, f64), sha: &str) -> Vec<u8>
     g.finish("power_predictor", &meta).encode_to_vec()
 }
 
+/// A model folder's power predictor rebuilt in libtorch (CPU) from its history's settings,
+/// its safetensors checkpoint and its ONNX file's target scale: the reference the
+/// evaluation benchmark compares ONNX Runtime with.
+pub struct Loaded {
+    _vs: nn::VarStore,
+    net: Net,
+    y_scale: (f64, f64),
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Loaded {
+    pub fn load(dir: &std::path::Path) -> Result<Self> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| Error::read(&path, e))
+        };
+        let bad = |what: String| Error::usage("--models", format!("{}: {what}", dir.display()));
+        let history: super::History = serde_json::from_slice(&read(POWER_HISTORY)?)
+            .map_err(|e| bad(format!("{POWER_HISTORY}: {e}")))?;
+        let s: PowerSettings = serde_json::from_value(history.settings)
+            .map_err(|e| bad(format!("{POWER_HISTORY} settings: {e}")))?;
+        let scaler: crate::pull::snapshot::Scaler =
+            serde_json::from_slice(&read(crate::pull::snapshot::SCALER_FILE)?)
+                .map_err(|e| bad(format!("scaler.json: {e}")))?;
+        let model = crate::proto::onnx::ModelProto::decode(read(POWER_ONNX)?.as_slice())
+            .map_err(|e| bad(format!("{POWER_ONNX}: {e}")))?;
+        let meta = |key: &str| -> Result<f64> {
+            model
+                .metadata_props
+                .iter()
+                .find(|p| p.key == key)
+                .and_then(|p| p.value.parse().ok())
+                .ok_or_else(|| bad(format!("{POWER_ONNX} has no metadata {key}")))
+        };
+        let y_scale = (meta("target_mean")?, meta("target_std")?);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), scaler.features.len() as i64, &s);
+        vs.load(dir.join(POWER_CHECKPOINT))
+            .map_err(|e| bad(format!("{POWER_CHECKPOINT}: {e}")))?;
+        Ok(Self {
+            _vs: vs,
+            net,
+            y_scale,
+            mean: scaler.mean.iter().map(|&v| v as f32).collect(),
+            std: scaler.std.iter().map(|&v| v as f32).collect(),
+        })
+    }
+
+    /// Watts for raw rows [n, d], standardised in f32 as the graph does.
+    pub fn predict(&self, raw: &[f32], n: usize) -> Vec<f32> {
+        let d = self.mean.len();
+        let xs: Vec<f32> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v - self.mean[i % d]) / self.std[i % d])
+            .collect();
+        let x = tensors::matrix(&xs, n, d, Device::Cpu);
+        let y = tch::no_grad(|| self.net.forward_t(&x, false)) * self.y_scale.1 + self.y_scale.0;
+        tensors::to_vec(&y)
+    }
+}
+
 /// Rows the proof runs on: the first `PROOF_ROWS_MAX` of the test split, topped up from
 /// validation and train to reach `PROOF_ROWS` when the test split is small.
 pub fn proof_rows(snap: &Snapshot) -> Split {
