@@ -45,6 +45,14 @@ pub enum Error {
         hint: String,
     },
 
+    /// The model store could not be reached, refused a request, or holds something wrong.
+    #[error("store {uri}: {message} ({hint})")]
+    Store {
+        uri: String,
+        message: String,
+        hint: String,
+    },
+
     /// The data pulled is not good enough to train on.
     #[error("data quality: {message}")]
     DataQuality { message: String },
@@ -62,7 +70,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage { .. } | Error::Config { .. } | Error::Io { .. } => exit::USAGE,
-            Error::Kafka { .. } => exit::EXTERNAL,
+            Error::Kafka { .. } | Error::Store { .. } => exit::EXTERNAL,
             Error::DataQuality { .. } => exit::DATA_QUALITY,
             Error::GateFailed { .. } => exit::GATE_FAILED,
             Error::Internal(_) => exit::INTERNAL,
@@ -76,6 +84,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
             Error::Kafka { .. } => "kafka",
+            Error::Store { .. } => "store",
             Error::DataQuality { .. } => "data_quality",
             Error::GateFailed { .. } => "gate_failed",
             Error::Internal(_) => "internal",

@@ -18,6 +18,7 @@ pub mod proto;
 pub mod pull;
 pub mod schema;
 pub mod settings;
+pub mod store;
 pub mod train;
 
 pub use error::{Error, Result};
