@@ -77,6 +77,91 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "pull", "ok": true, "report": report}),
             })
         }
+        Command::Publish(args) => {
+            let store = open_store(&args.store)?;
+            let sha = sha_of(args.sha.as_deref())?;
+            let models = args.models.clone().unwrap_or_else(|| "work/models".into());
+            let eval = args.eval.clone().unwrap_or_else(|| "work/eval".into());
+            let mut files = Vec::new();
+            for (dir, name, required) in [
+                (&models, crate::train::POWER_ONNX, true),
+                (&models, crate::train::EMSHAP_ONNX, true),
+                (&models, crate::pull::snapshot::SCALER_FILE, true),
+                (&eval, crate::evaluate::METRICS_FILE, true),
+                (&eval, crate::pull::snapshot::DATASET_FILE, true),
+                (&eval, "report.md", false),
+            ] {
+                let path = dir.join(name);
+                match std::fs::read(&path) {
+                    Ok(b) => files.push((name.to_string(), b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+                    Err(e) => return Err(Error::read(&path, e)),
+                }
+            }
+            let created = crate::store::versions::publish(store.as_ref(), &sha, &files)?;
+            let uri = format!("{}/versions/{sha}/manifest.json", store.uri());
+            Ok(Outcome {
+                text: format!(
+                    "{} version {sha} ({} files): {uri}",
+                    if created {
+                        "published"
+                    } else {
+                        "already published, unchanged:"
+                    },
+                    files.len()
+                ),
+                json: json!({"command": "publish", "ok": true, "sha": sha, "created": created, "manifest_uri": uri}),
+            })
+        }
+        Command::Promote(args) => {
+            let store = open_store(&args.store)?;
+            let sha = sha_of(args.sha.as_deref())?;
+            let p = crate::store::versions::promote(
+                store.as_ref(),
+                &sha,
+                &settings::actor(),
+                args.reason.clone(),
+            )?;
+            Ok(Outcome {
+                text: format!(
+                    "production is now {} (was {})",
+                    p.sha,
+                    p.previous.as_deref().unwrap_or("none")
+                ),
+                json: json!({"command": "promote", "ok": true, "pointer": p}),
+            })
+        }
+        Command::Rollback(args) => {
+            let store = open_store(&args.store)?;
+            let p = crate::store::versions::rollback(
+                store.as_ref(),
+                args.to.as_deref(),
+                args.steps,
+                &settings::actor(),
+                args.reason.clone(),
+            )?;
+            Ok(Outcome {
+                text: format!(
+                    "production is back at {} (was {})",
+                    p.sha,
+                    p.previous.as_deref().unwrap_or("none")
+                ),
+                json: json!({"command": "rollback", "ok": true, "pointer": p}),
+            })
+        }
+        Command::Fetch(args) => {
+            let store = open_store(&args.store)?;
+            let m = crate::store::versions::fetch(store.as_ref(), args.sha.as_deref(), &args.dest)?;
+            Ok(Outcome {
+                text: format!(
+                    "fetched version {} ({} files, every sha256 verified) into {}",
+                    m.sha,
+                    m.files.len(),
+                    args.dest.display()
+                ),
+                json: json!({"command": "fetch", "ok": true, "sha": m.sha, "files": m.files}),
+            })
+        }
         Command::Evaluate(args) => {
             let s = settings::resolve_evaluate(args, &config)?;
             let m = crate::evaluate::evaluate(&s)?;
@@ -161,6 +246,25 @@ fn evaluate_text(m: &crate::evaluate::Metrics) -> String {
         ));
     }
     lines.join("\n")
+}
+
+fn open_store(arg: &crate::cli::store::StoreArg) -> Result<Box<dyn crate::store::Store>> {
+    let uri = arg.store.as_deref().unwrap_or("work/store");
+    crate::store::open(uri)
+}
+
+fn sha_of(flag: Option<&str>) -> Result<String> {
+    let sha = flag
+        .map(String::from)
+        .or_else(|| std::env::var("GITHUB_SHA").ok().filter(|s| !s.is_empty()))
+        .ok_or_else(|| {
+            Error::usage(
+                "--sha",
+                "give the commit sha (or run in GitHub Actions, which sets GITHUB_SHA)",
+            )
+        })?;
+    crate::store::versions::check_sha(&sha)?;
+    Ok(sha)
 }
 
 /// The JSON object printed for a failed command under `--output json`.

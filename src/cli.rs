@@ -4,6 +4,7 @@
 pub mod evaluate;
 pub mod generate;
 pub mod pull;
+pub mod store;
 pub mod train;
 
 use std::path::PathBuf;
@@ -63,4 +64,12 @@ pub enum Command {
     /// Score the candidate (and production, on the same test rows) through ONNX Runtime and
     /// apply the gate; writes metrics.json. Exit 1 when the gate fails.
     Evaluate(evaluate::EvaluateArgs),
+    /// Upload the version under the commit sha: models, metrics, dataset, manifest last.
+    Publish(store::PublishArgs),
+    /// Point production at a published version whose verdict is pass or forced.
+    Promote(store::PromoteArgs),
+    /// Point production back at an earlier complete version.
+    Rollback(store::RollbackArgs),
+    /// Download a version (default: production), verify every sha256, then place it.
+    Fetch(store::FetchArgs),
 }

@@ -1,6 +1,6 @@
 //! `evaluate`: scores the candidate's models, and the baseline's on the same test rows,
 //! through ONNX Runtime (the runtime the Go service uses, never libtorch), applies the gate
-//! (`gate`), and writes `metrics.json` with every KPI, the rule applied to it, the baseline
+//! (`gate`), and writes `metrics.json` (beside a copy of the snapshot's `dataset.json`) with every KPI, the rule applied to it, the baseline
 //! kind and the verdict (DESIGN §7).
 //!
 //! The baseline is a folder with production's files. Fetching that folder from the store is
@@ -196,13 +196,6 @@ fn score_dir(
     Ok((kpis, digests))
 }
 
-fn who() -> String {
-    ["GITHUB_ACTOR", "USER"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Runs the evaluation; writes metrics.json also when the gate fails (then returns
 /// `Error::GateFailed`, exit 1).
 pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
@@ -250,7 +243,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         (Some(reason), false) => (
             "forced",
             Some(Force {
-                by: who(),
+                by: crate::settings::actor(),
                 reason: reason.clone(),
                 failed: failed.clone(),
             }),
@@ -280,6 +273,10 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
     let mut json = serde_json::to_vec_pretty(&metrics).map_err(|e| Error::Internal(e.into()))?;
     json.push(b'\n');
     crate::pull::snapshot::write_atomic(&s.out.join(METRICS_FILE), &json)?;
+    // The snapshot's lineage goes with the verdict into the version (publish).
+    let dataset = s.data.join(crate::pull::snapshot::DATASET_FILE);
+    let bytes = std::fs::read(&dataset).map_err(|e| Error::read(&dataset, e))?;
+    crate::pull::snapshot::write_atomic(&s.out.join(crate::pull::snapshot::DATASET_FILE), &bytes)?;
     if verdict == "fail" {
         return Err(Error::GateFailed {
             message: format!(

@@ -545,6 +545,14 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
     })
 }
 
+/// Who runs this, for records of promotions and forced passes: $GITHUB_ACTOR, else $USER.
+pub fn actor() -> String {
+    ["GITHUB_ACTOR", "USER"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The gate rules: the defaults, with each metric the file names replaced by its rule.
 pub fn load_gate(path: Option<&Path>) -> Result<crate::gate::Rules> {
     let mut rules = crate::gate::default_rules();

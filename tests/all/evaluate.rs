@@ -179,6 +179,65 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     assert_eq!(m["force"]["reason"], "incident 42: old model is down");
     assert!(!m["force"]["failed"].as_array().unwrap().is_empty());
 
+    // The passing version goes to a local store and becomes production; the failing one is
+    // published but refused by promote; fetch places production's verified files.
+    let store = ["--store", "store"];
+    let cmd = |args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&store);
+        run(d, &v)
+    };
+    let o = cmd(&[
+        "publish",
+        "--models",
+        "good",
+        "--eval",
+        "eval-boot",
+        "--sha",
+        "aaaa111",
+    ]);
+    assert_exit(&o, 0);
+    assert!(
+        stdout(&o).contains("versions/aaaa111/manifest.json"),
+        "{}",
+        stdout(&o)
+    );
+    assert_exit(&cmd(&["promote", "--sha", "aaaa111"]), 0);
+    assert_exit(
+        &cmd(&[
+            "publish",
+            "--models",
+            "worse",
+            "--eval",
+            "eval-worse",
+            "--sha",
+            "bbbb222",
+        ]),
+        0,
+    );
+    let o = cmd(&["promote", "--sha", "bbbb222"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("verdict fail"), "{}", stderr(&o));
+    assert_exit(&cmd(&["fetch", "--dest", "fetched"]), 0);
+    for f in ["power_predictor.onnx", "emshap_model.onnx", "scaler.json"] {
+        assert_eq!(
+            std::fs::read(d.join("fetched").join(f)).unwrap(),
+            std::fs::read(d.join("good").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let o = cmd(&[
+        "publish",
+        "--models",
+        "worse",
+        "--eval",
+        "eval-worse",
+        "--sha",
+        "aaaa111",
+    ]);
+    assert_exit(&o, 3);
+    assert!(stderr(&o).contains("write-once"), "{}", stderr(&o));
+
     // A candidate without its EMSHAP model fails on those metrics, never passes them.
     std::fs::remove_file(d.join("worse/emshap_model.onnx")).unwrap();
     let o = evaluate(d, &["--models", "worse", "--out", "eval-missing"]);
