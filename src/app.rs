@@ -221,6 +221,12 @@ fn evaluate_text(m: &crate::evaluate::Metrics) -> String {
         m.rows.get("emshap").copied().unwrap_or(0),
         m.seconds
     )];
+    if let Some(sha) = &m.production_sha {
+        lines.push(format!("production: {sha}"));
+    }
+    if let Some(note) = &m.baseline_note {
+        lines.push(format!("note: {note}"));
+    }
     for c in &m.checks {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.5}"));
         lines.push(format!(

@@ -3,9 +3,9 @@
 //! (`gate`), and writes `metrics.json` (beside a copy of the snapshot's `dataset.json`) with every KPI, the rule applied to it, the baseline
 //! kind and the verdict (DESIGN §7).
 //!
-//! The baseline is a folder with production's files. Fetching that folder from the store is
-//! the store's job (issue 4): until then `--baseline DIR` names it directly, and without
-//! it the gate is a bootstrap.
+//! The baseline is production from `--store`: fetched (verified) and scored on the same
+//! rows, or, when its files cannot be fetched, its stored metrics.json (and the report says
+//! so); no production version is a bootstrap. `--baseline DIR` names a folder instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,8 @@ pub struct EvaluateSettings {
     pub data: PathBuf,
     pub models: PathBuf,
     pub baseline: Option<PathBuf>,
+    /// The store whose production version is the baseline (when no --baseline folder).
+    pub store: Option<String>,
     pub rules: Rules,
     /// `Some(reason)` with --force.
     pub force: Option<String>,
@@ -60,6 +62,12 @@ pub struct Metrics {
     /// pass, fail or forced.
     pub verdict: String,
     pub baseline: BaselineKind,
+    /// The production version compared with (from the store), if any.
+    #[serde(default)]
+    pub production_sha: Option<String>,
+    /// Why the baseline is what it is, when it is not the obvious (e.g. a failed fetch).
+    #[serde(default)]
+    pub baseline_note: Option<String>,
     pub candidate: Kpis,
     pub production: Option<Kpis>,
     pub checks: Vec<Check>,
@@ -196,6 +204,77 @@ fn score_dir(
     Ok((kpis, digests))
 }
 
+/// Where the baseline comes from: a folder to score (given, or production fetched from the
+/// store into a temporary one), or production's stored metrics, or nothing (bootstrap).
+struct Baseline {
+    dir: Option<PathBuf>,
+    stored: Option<Kpis>,
+    sha: Option<String>,
+    note: Option<String>,
+    /// Keeps the fetched folder until the evaluation is done.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn resolve_baseline(s: &EvaluateSettings) -> Result<Baseline> {
+    let none = Baseline {
+        dir: s.baseline.clone(),
+        stored: None,
+        sha: None,
+        note: None,
+        _tmp: None,
+    };
+    let Some(uri) = (s.baseline.is_none())
+        .then_some(s.store.as_deref())
+        .flatten()
+    else {
+        return Ok(none);
+    };
+    let store = crate::store::open(uri)?;
+    let Some((pointer, _)) = crate::store::versions::production(store.as_ref())? else {
+        return Ok(Baseline {
+            note: Some(format!("{} has no production version yet", store.uri())),
+            ..none
+        });
+    };
+    let tmp = tempfile::tempdir().map_err(|e| Error::Internal(e.into()))?;
+    let dest = tmp.path().join("production");
+    match crate::store::versions::fetch(store.as_ref(), Some(&pointer.sha), &dest) {
+        Ok(_) => Ok(Baseline {
+            dir: Some(dest),
+            sha: Some(pointer.sha),
+            _tmp: Some(tmp),
+            ..none
+        }),
+        Err(fetch_error) => {
+            tracing::warn!(
+                "production {} could not be fetched: {fetch_error}",
+                pointer.sha
+            );
+            let key = format!("versions/{}/{METRICS_FILE}", pointer.sha);
+            let stored: Metrics = store
+                .get(&key)?
+                .and_then(|o| serde_json::from_slice(&o.bytes).ok())
+                .ok_or_else(|| Error::Store {
+                    uri: store.uri(),
+                    message: format!(
+                        "production {} could not be fetched ({fetch_error}) and has no readable {METRICS_FILE}",
+                        pointer.sha
+                    ),
+                    hint: "roll production back to a complete version".into(),
+                })?;
+            Ok(Baseline {
+                stored: Some(stored.candidate),
+                note: Some(format!(
+                    "production {}'s files could not be fetched ({fetch_error}); its stored {METRICS_FILE} is the baseline",
+                    pointer.sha
+                )),
+                sha: Some(pointer.sha),
+                ..none
+            })
+        }
+    }
+}
+
 /// Runs the evaluation; writes metrics.json also when the gate fails (then returns
 /// `Error::GateFailed`, exit 1).
 pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
@@ -213,7 +292,9 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
     let snap = data::load(&s.data)?;
     let rows = raw_rows(&snap.test, &snap.scaler.mean, &snap.scaler.std);
     let (candidate, models) = score_dir(&s.models, &rows, s)?;
-    let (kind, production) = match &s.baseline {
+    let baseline = resolve_baseline(s)?;
+    let (kind, production) = match &baseline.dir {
+        None if baseline.stored.is_some() => (BaselineKind::StoredMetrics, baseline.stored.clone()),
         None => (BaselineKind::Bootstrap, None),
         Some(dir) => {
             let has_models = dir.join(POWER_ONNX).is_file() || dir.join(EMSHAP_ONNX).is_file();
@@ -257,6 +338,8 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         format: "emshap-ci.metrics/1".into(),
         verdict: verdict.into(),
         baseline: kind,
+        production_sha: baseline.sha,
+        baseline_note: baseline.note,
         candidate,
         production,
         checks,

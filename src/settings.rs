@@ -611,6 +611,11 @@ pub fn resolve_evaluate(
             .or_else(|| file.train.out.clone())
             .unwrap_or_else(|| PathBuf::from("work/models")),
         baseline: args.baseline.clone(),
+        store: args.store.clone().or_else(|| {
+            std::path::Path::new("work/store")
+                .is_dir()
+                .then(|| "work/store".to_string())
+        }),
         rules: load_gate(args.gate.as_deref().or(e.gate.as_deref()))?,
         force,
         out: args

@@ -14,10 +14,15 @@ pub struct EvaluateArgs {
     #[arg(long, env = "EMSHAP_CI_MODELS")]
     pub models: Option<PathBuf>,
 
-    /// A folder with production's files (its ONNX models, or at least its metrics.json),
-    /// scored on the same test rows. Without it the gate is a bootstrap: absolute bounds only.
+    /// A folder with production's files (its ONNX models, or at least its metrics.json) to
+    /// use instead of the store's production version.
     #[arg(long, env = "EMSHAP_CI_BASELINE")]
     pub baseline: Option<PathBuf>,
+
+    /// The store whose production version is the baseline (default work/store when it
+    /// exists); fetched and scored on the same test rows.
+    #[arg(long, env = "EMSHAP_CI_STORE")]
+    pub store: Option<String>,
 
     /// Gate rules (TOML: [power.rmse] direction = "lower", max_regression_rel = 0.02, ...);
     /// default: every KPI at least as good as production, R² ≥ 0.9, imputation RMSE ≤ 1.

@@ -238,6 +238,47 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     assert_exit(&o, 3);
     assert!(stderr(&o).contains("write-once"), "{}", stderr(&o));
 
+    // With --store, production is fetched and scored on the same rows...
+    let o = cmd(&[
+        "evaluate",
+        "--data",
+        "data",
+        "--models",
+        "worse",
+        "--out",
+        "eval-store",
+    ]);
+    assert_exit(&o, 1);
+    let m = json_file(&d.join("eval-store/metrics.json"));
+    assert_eq!(m["baseline"], "same_rows");
+    assert_eq!(m["production_sha"], "aaaa111");
+    // ...and when its files are corrupt, its stored metrics.json is the baseline, and the
+    // metrics say why.
+    let onnx = d.join("store/versions/aaaa111/power_predictor.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&onnx, bytes).unwrap();
+    let o = cmd(&[
+        "evaluate",
+        "--data",
+        "data",
+        "--models",
+        "good",
+        "--out",
+        "eval-stored2",
+    ]);
+    assert_exit(&o, 0);
+    let m = json_file(&d.join("eval-stored2/metrics.json"));
+    assert_eq!(m["baseline"], "stored_metrics");
+    assert!(
+        m["baseline_note"]
+            .as_str()
+            .unwrap()
+            .contains("could not be fetched"),
+        "{m}"
+    );
+
     // A candidate without its EMSHAP model fails on those metrics, never passes them.
     std::fs::remove_file(d.join("worse/emshap_model.onnx")).unwrap();
     let o = evaluate(d, &["--models", "worse", "--out", "eval-missing"]);
