@@ -289,7 +289,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
             ),
         ));
     }
-    let snap = data::load(&s.data)?;
+    let snap = data::load_test(&s.data)?;
     let rows = raw_rows(&snap.test, &snap.scaler.mean, &snap.scaler.std);
     let (candidate, models) = score_dir(&s.models, &rows, s)?;
     let baseline = resolve_baseline(s)?;

@@ -65,7 +65,17 @@ fn not_a_snapshot(dir: &Path, what: String) -> Error {
     )
 }
 
+/// Loads the whole snapshot (training).
 pub fn load(dir: &Path) -> Result<Snapshot> {
+    load_splits(dir, &["train", "val", "test"])
+}
+
+/// Loads the snapshot's test split only (evaluation); `train` and `val` are left empty.
+pub fn load_test(dir: &Path) -> Result<Snapshot> {
+    load_splits(dir, &["test"])
+}
+
+fn load_splits(dir: &Path, wanted: &[&str]) -> Result<Snapshot> {
     let dataset_path = dir.join(DATASET_FILE);
     let text = match fs::read_to_string(&dataset_path) {
         Ok(t) => t,
@@ -111,8 +121,18 @@ pub fn load(dir: &Path) -> Result<Snapshot> {
             scaler.features[j]
         )));
     }
+    let d = dataset.features.len();
     let mut splits = Vec::new();
     for name in ["train", "val", "test"] {
+        if !wanted.contains(&name) {
+            splits.push(Split {
+                x: Vec::new(),
+                y: Vec::new(),
+                n: 0,
+                d,
+            });
+            continue;
+        }
         let file = format!("{name}.parquet");
         // Verifies the digest before the rows are trusted (the file is then read again
         // by Parquet; it is small next to training).
