@@ -361,10 +361,17 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
     let bytes = std::fs::read(&dataset).map_err(|e| Error::read(&dataset, e))?;
     crate::pull::snapshot::write_atomic(&s.out.join(crate::pull::snapshot::DATASET_FILE), &bytes)?;
     if verdict == "fail" {
+        let names: Vec<String> = metrics
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}.{}", c.model, c.metric))
+            .collect();
         return Err(Error::GateFailed {
             message: format!(
-                "{} (details in {}; override with --force --reason)",
-                failed.join("; "),
+                "{} (first: {}; every check in {}; override with --force --reason)",
+                names.join(", "),
+                failed[0],
                 s.out.join(METRICS_FILE).display()
             ),
         });

@@ -68,7 +68,8 @@ impl LocalStore {
 
 impl Store for LocalStore {
     fn uri(&self) -> String {
-        format!("file://{}", self.root.display())
+        let abs = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        format!("file://{}", abs.display())
     }
 
     fn get(&self, key: &str) -> Result<Option<Object>> {
