@@ -12,6 +12,7 @@ Needs: scripts/setup.sh --test done, a release build (this script builds it), GN
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchenv import setup_env  # noqa: E402  (scripts/ is on sys.path: the script's own folder)
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=1_000_000)
 ap.add_argument("--reps", type=int, default=3)
@@ -19,12 +20,7 @@ ap.add_argument("--peer-reps", type=int, default=1)
 ap.add_argument("--features", default="", help="cargo features of the measured binary, e.g. torch")
 a = ap.parse_args()
 
-env_file = subprocess.run([f"{root}/scripts/setup.sh", "--test"], check=True, capture_output=True, text=True).stdout.strip()
-env = dict(os.environ)
-for line in open(env_file):
-    if line.startswith("export "):
-        k, v = line[7:].strip().split("=", 1)
-        env[k] = v.strip('"')
+env = setup_env(root, "--test")
 cache = env["EMSHAP_CI_CACHE"]
 # A features build goes to its own target folder, so the default build stays as it was.
 target = f"{root}/target" if not a.features else f"{root}/target/bench-{a.features.replace(',', '-')}"

@@ -15,6 +15,7 @@ from PyPI, a few GB, cached in ~/.cache/emshap-ci/peer-train-venv). Prints markd
 import argparse, json, os, re, statistics, subprocess, sys, tempfile
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchenv import setup_env  # noqa: E402  (scripts/ is on sys.path: the script's own folder)
 ap = argparse.ArgumentParser()
 ap.add_argument("--power-rows", type=int, default=200_000)
 ap.add_argument("--emshap-rows", type=int, default=20_000)
@@ -26,12 +27,7 @@ ap.add_argument("--peer-malloc", action="store_true",
                 help="also run the peer's EMSHAP with the glibc settings emshap-ci makes for itself")
 a = ap.parse_args()
 
-env_file = subprocess.run([f"{root}/scripts/setup.sh"], check=True, capture_output=True, text=True).stdout.strip()
-env = dict(os.environ)
-for line in open(env_file):
-    if line.startswith("export "):
-        k, v = line[7:].strip().split("=", 1)
-        env[k] = v.strip('"')
+env = setup_env(root)
 cache = env["EMSHAP_CI_CACHE"]
 subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "--features", "torch"], cwd=root, env=env, check=True)
 exe = f"{root}/target/release/emshap-ci"

@@ -6,6 +6,14 @@ use std::path::Path;
 
 use crate::harness::*;
 
+/// Evaluates the models in `models` against the production folder `baseline` into `out`.
+fn versus(dir: &Path, models: &str, baseline: &str, out: &str) -> std::process::Output {
+    evaluate(
+        dir,
+        &["--models", models, "--baseline", baseline, "--out", out],
+    )
+}
+
 fn evaluate(dir: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["evaluate", "--data", "data", "--threads", "2"];
     args.extend_from_slice(extra);
@@ -18,19 +26,7 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     let d = dir.path();
     assert_exit(&run(d, &["pull", "--out", "data", "-q"]), 0);
     let train = |model: &str, out: &str, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            model,
-            "--data",
-            "data",
-            "--out",
-            out,
-            "--threads",
-            "2",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        assert_exit(&run(d, &args), 0);
+        assert_exit(&train_model(d, model, out, extra), 0);
     };
     train("power", "good", &["--epochs", "40"]);
     train("emshap", "good", &["--epochs", "3", "--max-rows", "3000"]);
@@ -64,17 +60,7 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     assert_eq!(m["checks"].as_array().unwrap().len(), 7);
 
     // Champion vs itself on the same rows: every delta is 0, and it passes.
-    let o = evaluate(
-        d,
-        &[
-            "--models",
-            "good",
-            "--baseline",
-            "good",
-            "--out",
-            "eval-same",
-        ],
-    );
+    let o = versus(d, "good", "good", "eval-same");
     assert_exit(&o, 0);
     let m = json_file(&d.join("eval-same/metrics.json"));
     assert_eq!(m["baseline"], "same_rows");
@@ -83,17 +69,7 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     }
 
     // The worse candidate fails with exit 1, and metrics.json says which rules.
-    let o = evaluate(
-        d,
-        &[
-            "--models",
-            "worse",
-            "--baseline",
-            "good",
-            "--out",
-            "eval-worse",
-        ],
-    );
+    let o = versus(d, "worse", "good", "eval-worse");
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("power.rmse"), "{}", stderr(&o));
     let m = json_file(&d.join("eval-worse/metrics.json"));
@@ -121,17 +97,7 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
         d.join("stored/metrics.json"),
     )
     .unwrap();
-    let o = evaluate(
-        d,
-        &[
-            "--models",
-            "worse",
-            "--baseline",
-            "stored",
-            "--out",
-            "eval-stored",
-        ],
-    );
+    let o = versus(d, "worse", "stored", "eval-stored");
     assert_exit(&o, 1);
     assert_eq!(
         json_file(&d.join("eval-stored/metrics.json"))["baseline"],

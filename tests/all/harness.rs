@@ -48,6 +48,24 @@ pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
         .expect("emshap-ci runs")
 }
 
+/// Runs `emshap-ci train MODEL --data data --out OUT --threads 2 -q EXTRA..` in `dir`.
+#[cfg_attr(not(feature = "torch"), allow(dead_code))]
+pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        model,
+        "--data",
+        "data",
+        "--out",
+        out,
+        "--threads",
+        "2",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    run(dir, &args)
+}
+
 /// A JSON file, parsed.
 #[cfg_attr(not(feature = "torch"), allow(dead_code))]
 pub fn json_file(path: &Path) -> serde_json::Value {

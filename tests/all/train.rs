@@ -19,21 +19,9 @@ fn snapshot(dir: &Path) {
 }
 
 fn train(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "train",
-        model,
-        "--data",
-        "data",
-        "--out",
-        out,
-        "--threads",
-        "2",
-        "-q",
-        "--output",
-        "json",
-    ];
+    let mut args = vec!["--output", "json"];
     args.extend_from_slice(extra);
-    let o = run(dir, &args);
+    let o = train_model(dir, model, out, &args);
     assert_exit(&o, 0);
     let last = stdout(&o).lines().last().unwrap_or_default().to_string();
     serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"))
