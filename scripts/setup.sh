@@ -4,7 +4,7 @@
 # per pinned version), and writes "$EMSHAP_CI_CACHE/env.sh" for the other scripts to source.
 #
 #   scripts/setup.sh            native libraries (libtorch, ONNX Runtime) and the Python tools
-#   scripts/setup.sh --test     also the test servers (the Tansu Kafka broker)
+#   scripts/setup.sh --test     also the test servers (the Tansu Kafka broker, moto's S3)
 #
 # What it installs, and why from where:
 # - libtorch for tch 0.26 = the PyPI torch==2.13.0 wheel. Its libtorch_cpu.so needs only
@@ -15,6 +15,8 @@
 #   `load-dynamic`; its path is compiled into the binary (build.rs), ORT_DYLIB_PATH overrides.
 # - Python (a venv): confluent-kafka and protobuf for the independent test producer, onnx.
 # - Tansu, the Kafka-compatible broker the tests start, from crates.io (pinned).
+# - moto's S3 server (PyPI moto[server], pinned, its own venv), the S3-compatible server the
+#   tests start through tests/servers/s3_server.py; no MinIO binary can be installed here.
 set -euo pipefail
 
 TORCH_VERSION=2.13.0
@@ -22,6 +24,7 @@ CUDA_RUNTIME="nvidia-cuda-runtime==13.0.96.*"
 CUDA_CUPTI="nvidia-cuda-cupti==13.0.85.*"
 ORT_VERSION=1.31.1
 TANSU_VERSION=0.6.0
+MOTO_VERSION=5.2.5
 PY_TOOLS=(confluent-kafka==2.16.1 grpcio-tools==1.85.1 onnx==1.23.2)
 
 with_test=0
@@ -106,6 +109,16 @@ if [ "$with_test" = 1 ] && [ ! -x "$tansu" ]; then
   rm -rf "$cache/tansu-build"
 fi
 
+# --- moto (test S3 server) ----------------------------------------------------------
+moto_venv="$cache/moto-$MOTO_VERSION-py311"
+if [ "$with_test" = 1 ] && [ ! -f "$moto_venv/.complete" ]; then
+  say "installing moto[server]==$MOTO_VERSION into $moto_venv (once)"
+  rm -rf "$moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+  touch "$moto_venv/.complete"
+fi
+
 # --- env file --------------------------------------------------------------------------
 env_file="$cache/env.sh"
 tmp=$(mktemp "$cache/env.sh.XXXXXX")
@@ -117,6 +130,7 @@ export LIBTORCH_CXX11_ABI=1
 export ORT_DYLIB_PATH="$ort_lib"
 export EMSHAP_CI_PYTHON="$venv/bin/python"
 export EMSHAP_CI_TANSU="$tansu"
+export EMSHAP_CI_MOTO_PYTHON="$moto_venv/bin/python"
 EOF
 mv "$tmp" "$env_file"
 echo "$env_file"

@@ -4,7 +4,7 @@
 # broker (Tansu, started and stopped by the tests on 127.0.0.1).
 #
 #   scripts/test.sh            everything (what CI runs)
-#   scripts/test.sh --fast     skip the broker tests (names containing "kafka")
+#   scripts/test.sh --fast     skip the tests against servers (Kafka broker, S3 server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fast=0
@@ -20,5 +20,5 @@ command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 cargo fmt --check
 cargo clippy --all-targets --all-features --locked -- -D warnings
 filter=()
-[ "$fast" = 1 ] && filter=(-E 'not test(/kafka/)')
+[ "$fast" = 1 ] && filter=(-E 'not test(/kafka|s3_/)')
 cargo nextest run --all-features --locked --no-fail-fast "${filter[@]}"

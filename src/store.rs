@@ -4,6 +4,7 @@
 //! conditional puts on an entity tag (If-Match / If-None-Match), head and list.
 
 pub mod local;
+pub mod s3;
 pub mod versions;
 
 use crate::error::{Error, Result};
@@ -43,12 +44,16 @@ pub trait Store {
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
 }
 
-/// Opens a store from its URI: `file:///abs/path` or a plain path (local directory).
+/// Opens a store from its URI: `s3://bucket/prefix` (S3 or an S3-compatible server, see
+/// `s3`), `file:///abs/path` or a plain path (local directory).
 pub fn open(uri: &str) -> Result<Box<dyn Store>> {
     if uri.starts_with("s3://") {
+        return Ok(Box::new(s3::S3Store::open(uri)?));
+    }
+    if let Some((scheme, _)) = uri.split_once("://").filter(|(s, _)| *s != "file") {
         return Err(Error::usage(
             "--store",
-            format!("{uri}: the S3 backend is not built yet (use a local directory)"),
+            format!("{uri}: unknown scheme '{scheme}' (give s3://bucket/prefix or a folder)"),
         ));
     }
     let path = uri.strip_prefix("file://").unwrap_or(uri);

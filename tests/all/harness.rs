@@ -1,6 +1,8 @@
-//! The shared test harness: the emshap-ci binary, and a real Tansu broker on 127.0.0.1 at a
-//! free port, stopped when dropped. The broker binary comes from scripts/setup.sh --test
-//! (EMSHAP_CI_TANSU); a test that needs it fails, never skips, when it is missing.
+//! The shared test harness: the emshap-ci binary, a real Tansu broker and a real S3-compatible
+//! server (moto, through tests/servers/s3_server.py) on 127.0.0.1 at free ports, stopped when
+//! dropped, and a TCP proxy that can cut a connection the way a dying server does. The
+//! servers come from scripts/setup.sh --test (EMSHAP_CI_TANSU, EMSHAP_CI_MOTO_PYTHON); a test
+//! that needs one fails, never skips, when it is missing.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -9,13 +11,17 @@ use std::time::{Duration, Instant};
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_emshap-ci"));
-    // Tests see only what they set: no EMSHAP_CI_* from the developer's shell.
+    // Tests see only what they set: no EMSHAP_CI_* or AWS_* from the developer's shell, and
+    // no AWS profile files or instance metadata behind the SDK's credential chain.
     for (k, _) in std::env::vars() {
-        if k.starts_with("EMSHAP_CI_") {
+        if k.starts_with("EMSHAP_CI_") || k.starts_with("AWS_") {
             c.env_remove(k);
         }
     }
-    c.env("NO_COLOR", "1");
+    c.env("NO_COLOR", "1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
     c
 }
 
@@ -181,6 +187,218 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// An access key id and its secret.
+#[derive(Clone)]
+pub struct Creds {
+    pub id: String,
+    pub secret: String,
+}
+
+/// moto's S3 server with authentication on, one bucket (`S3Server::BUCKET`), a read-write
+/// and a read-only user; killed on drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub port: u16,
+    pub writer: Creds,
+    pub reader: Creds,
+    _log: tempfile::NamedTempFile,
+}
+
+impl S3Server {
+    pub const BUCKET: &'static str = "emshap-test";
+
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let python = std::env::var("EMSHAP_CI_MOTO_PYTHON").unwrap_or_default();
+        assert!(
+            !python.is_empty() && Path::new(&python).is_file(),
+            "moto's S3 server is not installed (EMSHAP_CI_MOTO_PYTHON={python:?}): run scripts/setup.sh --test and source its env file"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/s3_server.py");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .args(["--bucket", Self::BUCKET])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start the S3 server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "the S3 server did not start; its log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            )
+        });
+        let creds = |who: &str| Creds {
+            id: info[who]["id"].as_str().unwrap().into(),
+            secret: info[who]["secret"].as_str().unwrap().into(),
+        };
+        let port = info["port"].as_u64().unwrap() as u16;
+        S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            writer: creds("writer"),
+            reader: creds("reader"),
+            child,
+            _log: log,
+        }
+    }
+
+    /// `s3://BUCKET/PREFIX`.
+    pub fn uri(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", Self::BUCKET)
+    }
+
+    /// The environment that points emshap-ci at `endpoint` with these credentials.
+    pub fn env(endpoint: &str, creds: &Creds) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", &creds.id),
+            ("AWS_SECRET_ACCESS_KEY", &creds.secret),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Runs emshap-ci in `dir` against this server with the writer's credentials.
+    pub fn run(&self, dir: &Path, args: &[&str]) -> Output {
+        self.run_as(dir, args, &self.endpoint, &self.writer)
+    }
+
+    /// Runs emshap-ci in `dir` against `endpoint` with `creds`.
+    pub fn run_as(&self, dir: &Path, args: &[&str], endpoint: &str, creds: &Creds) -> Output {
+        bin()
+            .args(args)
+            .envs(Self::env(endpoint, creds))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("emshap-ci runs")
+    }
+
+    /// The library's store on this server, as the writer.
+    pub fn store(&self, prefix: &str) -> emshap_ci::store::s3::S3Store {
+        self.store_as(prefix, &self.endpoint, &self.writer)
+    }
+
+    pub fn store_as(
+        &self,
+        prefix: &str,
+        endpoint: &str,
+        creds: &Creds,
+    ) -> emshap_ci::store::s3::S3Store {
+        emshap_ci::store::s3::S3Store::open_with(
+            &self.uri(prefix),
+            emshap_ci::store::s3::S3Options {
+                endpoint: Some(endpoint.into()),
+                region: Some("us-east-1".into()),
+                credentials: Some((creds.id.clone(), creds.secret.clone())),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` that dies, as a crashed server would, as
+/// soon as a client sends bytes containing `die_on` (a request line's start, such as
+/// "PUT /bucket/key"): that connection is cut before the request reaches the server, and
+/// every later connection is refused.
+pub struct CuttingProxy {
+    pub endpoint: String,
+    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream_port: u16, die_on: &str) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dead = Arc::new(AtomicBool::new(false));
+        let needle = die_on.as_bytes().to_vec();
+        let d = dead.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    // Dead: closing the listener makes every later connection refused.
+                    drop(client);
+                    break;
+                }
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (d, needle) = (d.clone(), needle.clone());
+                let mut server_r = server.try_clone().unwrap();
+                let mut client_w = client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_r, &mut client_w);
+                    let _ = client_w.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    // Requests are scanned as they pass; `die_on` is meant to be a request
+                    // line's start, e.g. "PUT /bucket/key".
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        tail.extend_from_slice(&buf[..n]);
+                        let hit = tail.windows(needle.len()).any(|w| w == needle.as_slice());
+                        if hit || d.load(Ordering::SeqCst) {
+                            d.store(true, Ordering::SeqCst);
+                            // Wake the accept loop so that it closes the listener.
+                            let _ = TcpStream::connect(("127.0.0.1", port));
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            let _ = server.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        // Keep enough to find a needle split across reads.
+                        let keep = tail.len().saturating_sub(needle.len().max(8) + 256);
+                        tail.drain(..keep);
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CuttingProxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dead,
+        }
+    }
+
+    pub fn died(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Integration tests, one binary with a module per area. Tests whose names contain `kafka`
-//! start a real Tansu broker (see `harness`); the fast ones run with
-//! `cargo nextest run -E 'not test(/kafka/)'`.
+//! start a real Tansu broker, those named `s3_*` a real S3-compatible server (see `harness`);
+//! the fast ones run with `cargo nextest run -E 'not test(/kafka|s3_/)'`.
 
 mod cli;
 #[cfg(feature = "torch")]
@@ -9,6 +9,7 @@ mod harness;
 mod onnx_python;
 mod pull_file;
 mod pull_kafka;
+mod s3;
 mod smoke;
 #[cfg(feature = "torch")]
 mod train;
