@@ -6,7 +6,9 @@ use clap::Args;
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct StoreArg {
-    /// The store: a local folder (path or file:///abs/path); s3://bucket/prefix comes later.
+    /// The store: s3://bucket/prefix (AWS S3, MinIO or any S3-compatible server; settings
+    /// from the standard AWS environment, AWS_ENDPOINT_URL for MinIO) or a local folder
+    /// (path or file:///abs/path).
     #[arg(long, env = "EMSHAP_CI_STORE")]
     pub store: Option<String>,
 }

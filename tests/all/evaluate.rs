@@ -218,6 +218,39 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     let m = json_file(&d.join("eval-store/metrics.json"));
     assert_eq!(m["baseline"], "same_rows");
     assert_eq!(m["production_sha"], "aaaa111");
+    // The same through S3: production published, promoted and fetched from the S3 server
+    // gives the same baseline KPIs as from the local store.
+    let s3 = crate::harness::S3Server::start();
+    let uri = s3.uri("eval");
+    for args in [
+        vec![
+            "publish",
+            "--store",
+            &uri,
+            "--models",
+            "good",
+            "--eval",
+            "eval-boot",
+            "--sha",
+            "aaaa111",
+        ],
+        vec!["promote", "--store", &uri, "--sha", "aaaa111"],
+    ] {
+        assert_exit(&s3.run(d, &args), 0);
+    }
+    let o = s3.run(
+        d,
+        &[
+            "evaluate", "--store", &uri, "--data", "data", "--models", "worse", "--out", "eval-s3",
+        ],
+    );
+    assert_exit(&o, 1);
+    let s3m = json_file(&d.join("eval-s3/metrics.json"));
+    assert_eq!(s3m["baseline"], "same_rows");
+    assert_eq!(s3m["production_sha"], "aaaa111");
+    assert_eq!(s3m["production"], m["production"]);
+    assert_eq!(s3m["candidate"], m["candidate"]);
+    drop(s3);
     // ...and when its files are corrupt, its stored metrics.json is the baseline, and the
     // metrics say why.
     let onnx = d.join("store/versions/aaaa111/power_predictor.onnx");
