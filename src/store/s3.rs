@@ -412,7 +412,7 @@ impl Store for S3Store {
                 )
             })?;
             Ok(Some(Object {
-                bytes: body.into_bytes().to_vec(),
+                bytes: Vec::from(body.into_bytes()),
                 etag,
             }))
         })
