@@ -162,6 +162,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "fetch", "ok": true, "sha": m.sha, "files": m.files}),
             })
         }
+        Command::Report(args) => report(args),
         Command::Evaluate(args) => {
             let s = settings::resolve_evaluate(args, &config)?;
             let m = crate::evaluate::evaluate(&s)?;
@@ -252,6 +253,63 @@ fn evaluate_text(m: &crate::evaluate::Metrics) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// Reads a JSON file another stage wrote; a missing or unreadable one is named.
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, from: &str) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::read(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::usage(
+            path.display().to_string(),
+            format!("is not a {from} file: {e} (re-run the stage that writes it)"),
+        )
+    })
+}
+
+fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
+    use crate::cli::report::Limit;
+    let eval = args.eval.clone().unwrap_or_else(|| "work/eval".into());
+    let models = args.models.clone().unwrap_or_else(|| "work/models".into());
+    let metrics: crate::evaluate::Metrics = read_json(
+        &eval.join(crate::evaluate::METRICS_FILE),
+        "metrics.json (evaluate)",
+    )?;
+    let dataset_path = eval.join(crate::pull::snapshot::DATASET_FILE);
+    let dataset: Option<crate::pull::Dataset> = dataset_path
+        .is_file()
+        .then(|| read_json(&dataset_path, "dataset.json (pull)"))
+        .transpose()?;
+    // Training curves when the model folder has them; a report without them is still whole.
+    let mut histories = Vec::new();
+    for name in [crate::train::POWER_HISTORY, crate::train::EMSHAP_HISTORY] {
+        let p = models.join(name);
+        if p.is_file() {
+            histories.push(read_json::<crate::train::History>(&p, "training history")?);
+        }
+    }
+    let sha = args
+        .sha
+        .clone()
+        .or_else(|| std::env::var("GITHUB_SHA").ok().filter(|s| !s.is_empty()));
+    let input = crate::report::Input {
+        metrics: Some(&metrics),
+        dataset: dataset.as_ref(),
+        histories: histories.iter().collect(),
+        sha: sha.as_deref(),
+        manifest_uri: args.manifest_uri.as_deref(),
+        marker: None,
+    };
+    let limit = match args.limit {
+        Limit::Comment => crate::report::COMMENT_LIMIT,
+        Limit::Summary => crate::report::SUMMARY_LIMIT,
+    };
+    let md = crate::report::render(&input, limit);
+    let out = args.out.clone().unwrap_or_else(|| eval.join("report.md"));
+    crate::pull::snapshot::write_atomic(&out, md.as_bytes())?;
+    Ok(Outcome {
+        text: md.trim_end().to_string(),
+        json: json!({"command": "report", "ok": true, "out": out, "verdict": metrics.verdict, "bytes": md.len()}),
+    })
 }
 
 fn open_store(arg: &crate::cli::store::StoreArg) -> Result<Box<dyn crate::store::Store>> {

@@ -4,6 +4,7 @@
 pub mod evaluate;
 pub mod generate;
 pub mod pull;
+pub mod report;
 pub mod store;
 pub mod train;
 
@@ -72,4 +73,7 @@ pub enum Command {
     Rollback(store::RollbackArgs),
     /// Download a version (default: production), verify every sha256, then place it.
     Fetch(store::FetchArgs),
+    /// Render the evaluation as markdown (verdict, gate tables, data, training curves),
+    /// within GitHub's size limits.
+    Report(report::ReportArgs),
 }

@@ -16,6 +16,7 @@ pub mod onnx;
 pub mod progress;
 pub mod proto;
 pub mod pull;
+pub mod report;
 pub mod schema;
 pub mod settings;
 pub mod store;

@@ -219,7 +219,7 @@ impl S3Store {
         match &err {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 let cause = std::error::Error::source(&err)
-                    .map(|s| deepest(s))
+                    .map(deepest)
                     .unwrap_or_else(|| err.to_string());
                 self.store_error(
                     format!(
