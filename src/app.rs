@@ -163,6 +163,8 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
             })
         }
         Command::Report(args) => report(args),
+        Command::Comment(args) => comment(args),
+        Command::Dispatch(args) => dispatch(args),
         Command::Evaluate(args) => {
             let s = settings::resolve_evaluate(args, &config)?;
             let m = crate::evaluate::evaluate(&s)?;
@@ -309,6 +311,106 @@ fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
     Ok(Outcome {
         text: md.trim_end().to_string(),
         json: json!({"command": "report", "ok": true, "out": out, "verdict": metrics.verdict, "bytes": md.len()}),
+    })
+}
+
+/// The GitHub client from the environment Actions sets; the token is masked in the log first.
+fn github_client(gha: &crate::gha::Actions) -> Result<crate::github::GitHub> {
+    let token = std::env::var("GITHUB_TOKEN").unwrap_or_default();
+    gha.mask(&token);
+    let api = std::env::var("GITHUB_API_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "https://api.github.com".into());
+    let repo = std::env::var("GITHUB_REPOSITORY").map_err(|_| {
+        Error::usage(
+            "GITHUB_REPOSITORY",
+            "not set (give owner/name; GitHub Actions sets it)",
+        )
+    })?;
+    crate::github::GitHub::new(&api, &repo, &token)
+}
+
+fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
+    let gha = crate::gha::Actions::from_env();
+    let pr = match args.pr {
+        Some(n) => n,
+        None => std::env::var("GITHUB_REF")
+            .ok()
+            .and_then(|r| {
+                r.strip_prefix("refs/pull/")
+                    .and_then(|r| r.split('/').next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .ok_or_else(|| {
+                Error::usage(
+                    "--pr",
+                    "give the pull request number (GITHUB_REF is not refs/pull/N/merge)",
+                )
+            })?,
+    };
+    let workflow = args
+        .workflow
+        .clone()
+        .or_else(|| std::env::var("GITHUB_WORKFLOW").ok())
+        .unwrap_or_else(|| "emshap-ci".into());
+    let path = args
+        .body
+        .clone()
+        .unwrap_or_else(|| "work/eval/report.md".into());
+    let body = std::fs::read_to_string(&path).map_err(|e| Error::read(&path, e))?;
+    let client = github_client(&gha)?;
+    let marker = crate::github::marker(&workflow);
+    match client.upsert_comment(pr, &marker, &body)? {
+        crate::github::CommentOutcome::Posted {
+            id,
+            url,
+            created,
+            removed,
+        } => {
+            gha.output("comment_url", &url)?;
+            Ok(Outcome {
+                text: format!(
+                    "{} comment {id} on PR #{pr}{}: {url}",
+                    if created { "posted" } else { "updated" },
+                    if removed > 0 {
+                        format!(" ({removed} older duplicate(s) removed)")
+                    } else {
+                        String::new()
+                    }
+                ),
+                json: json!({"command": "comment", "ok": true, "id": id, "url": url, "created": created, "removed": removed}),
+            })
+        }
+        crate::github::CommentOutcome::ReadOnly { message } => {
+            gha.notice(
+                "emshap-ci report in the job summary",
+                &format!("{message}; the report is in this job's summary instead"),
+            );
+            gha.summary(&body)?;
+            Ok(Outcome {
+                text: format!("not commented: {message}; the report went to the job summary"),
+                json: json!({"command": "comment", "ok": true, "summary_only": true, "reason": message}),
+            })
+        }
+    }
+}
+
+fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
+    let gha = crate::gha::Actions::from_env();
+    let sha = sha_of(args.sha.as_deref())?;
+    let client = github_client(&gha)?;
+    let inputs = std::collections::BTreeMap::from([
+        ("sha".to_string(), sha.clone()),
+        ("manifest_uri".to_string(), args.manifest_uri.clone()),
+    ]);
+    client.dispatch(&args.workflow, &args.git_ref, &inputs)?;
+    Ok(Outcome {
+        text: format!(
+            "dispatched {} on {} for {sha} ({})",
+            args.workflow, args.git_ref, args.manifest_uri
+        ),
+        json: json!({"command": "dispatch", "ok": true, "workflow": args.workflow, "ref": args.git_ref, "sha": sha}),
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod evaluate;
 pub mod generate;
+pub mod github;
 pub mod pull;
 pub mod report;
 pub mod store;
@@ -76,4 +77,9 @@ pub enum Command {
     /// Render the evaluation as markdown (verdict, gate tables, data, training curves),
     /// within GitHub's size limits.
     Report(report::ReportArgs),
+    /// Post the report as the PR's one comment for this workflow, edited in place (a fork's
+    /// read-only token: the job summary instead).
+    Comment(github::CommentArgs),
+    /// Start the deploy workflow (workflow_dispatch) with the version's sha and manifest URI.
+    Dispatch(github::DispatchArgs),
 }

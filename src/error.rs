@@ -53,6 +53,14 @@ pub enum Error {
         hint: String,
     },
 
+    /// The GitHub API could not be reached or refused what was asked.
+    #[error("github API {api}: {message} ({hint})")]
+    GitHub {
+        api: String,
+        message: String,
+        hint: String,
+    },
+
     /// The data pulled is not good enough to train on.
     #[error("data quality: {message}")]
     DataQuality { message: String },
@@ -70,7 +78,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage { .. } | Error::Config { .. } | Error::Io { .. } => exit::USAGE,
-            Error::Kafka { .. } | Error::Store { .. } => exit::EXTERNAL,
+            Error::Kafka { .. } | Error::Store { .. } | Error::GitHub { .. } => exit::EXTERNAL,
             Error::DataQuality { .. } => exit::DATA_QUALITY,
             Error::GateFailed { .. } => exit::GATE_FAILED,
             Error::Internal(_) => exit::INTERNAL,
@@ -85,6 +93,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Kafka { .. } => "kafka",
             Error::Store { .. } => "store",
+            Error::GitHub { .. } => "github",
             Error::DataQuality { .. } => "data_quality",
             Error::GateFailed { .. } => "gate_failed",
             Error::Internal(_) => "internal",

@@ -9,6 +9,8 @@ pub mod evaluate;
 pub mod framing;
 pub mod gate;
 pub mod generate;
+pub mod gha;
+pub mod github;
 pub mod kafka;
 pub mod kpi;
 pub mod native;

@@ -5,6 +5,7 @@
 mod cli;
 #[cfg(feature = "torch")]
 mod evaluate;
+mod github;
 mod harness;
 mod onnx_python;
 mod pull_file;

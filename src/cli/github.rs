@@ -1,0 +1,37 @@
+//! `comment` and `dispatch` flags. The API URL, the repository and the token come from the
+//! environment GitHub Actions sets (GITHUB_API_URL, GITHUB_REPOSITORY, GITHUB_TOKEN); the
+//! token is never a flag, so it never shows in a process list or a shell history.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct CommentArgs {
+    /// The pull request (default: from GITHUB_REF, refs/pull/N/merge).
+    #[arg(long, env = "EMSHAP_CI_PR")]
+    pub pr: Option<u64>,
+    /// The workflow the comment belongs to: one comment per PR and workflow (default
+    /// $GITHUB_WORKFLOW).
+    #[arg(long, env = "EMSHAP_CI_WORKFLOW")]
+    pub workflow: Option<String>,
+    /// The markdown to post (written by `report`; default work/eval/report.md).
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct DispatchArgs {
+    /// The workflow file to dispatch.
+    #[arg(long, env = "EMSHAP_CI_DEPLOY_WORKFLOW", default_value = "deploy.yml")]
+    pub workflow: String,
+    /// The branch to run it on (default: the repository's default branch, main).
+    #[arg(long = "ref", env = "EMSHAP_CI_DEPLOY_REF", default_value = "main")]
+    pub git_ref: String,
+    /// The version to deploy (default $GITHUB_SHA).
+    #[arg(long, env = "EMSHAP_CI_SHA")]
+    pub sha: Option<String>,
+    /// The version's manifest URI (what `publish` printed).
+    #[arg(long, env = "EMSHAP_CI_MANIFEST_URI")]
+    pub manifest_uri: String,
+}

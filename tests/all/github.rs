@@ -1,0 +1,445 @@
+//! The GitHub side against a stand-in for the REST API (`Stand`, below: a real HTTP server on
+//! 127.0.0.1 that serves scripted replies and records every request): one comment created
+//! then edited in place, other users' comments with the marker ignored, duplicates removed,
+//! a fork's 403 → job summary only, a secondary rate limit retried, 404/422 on dispatch
+//! explained, and the token in no output.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::harness::{assert_exit, bin};
+
+const TOKEN: &str = "ghs_standInTokenThatMustNeverBePrinted0001";
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub auth: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// One scripted reply: status, extra headers, JSON body.
+pub type Reply = (u16, Vec<(String, String)>, serde_json::Value);
+
+type Handler = dyn Fn(&Request, &mut State) -> Reply + Send;
+
+/// What the stand-in remembers between requests: the PR's comments.
+#[derive(Default)]
+pub struct State {
+    pub comments: Vec<serde_json::Value>,
+    pub next_id: u64,
+    /// Replies served before the handler, for scripted failures.
+    pub queued: VecDeque<(String, Reply)>,
+}
+
+pub struct Stand {
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<Request>>>,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl Stand {
+    pub fn start(handler: Box<Handler>) -> Stand {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(Mutex::new(State {
+            next_id: 1000,
+            ..Default::default()
+        }));
+        let (reqs, st) = (requests.clone(), state.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                let (mut len, mut auth) = (0usize, None);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    let (k, v) = h.split_once(':').unwrap_or((&h, ""));
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "content-length" => len = v.trim().parse().unwrap_or(0),
+                        "authorization" => auth = Some(v.trim().to_string()),
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let req = Request {
+                    method,
+                    path,
+                    auth,
+                    body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                };
+                reqs.lock().unwrap().push(req.clone());
+                let (status, headers, json) = {
+                    let mut s = st.lock().unwrap();
+                    let key = format!("{} {}", req.method, req.path);
+                    match s
+                        .queued
+                        .iter()
+                        .position(|(k, _)| key.starts_with(k.as_str()))
+                    {
+                        Some(i) => s.queued.remove(i).unwrap().1,
+                        None => handler(&req, &mut s),
+                    }
+                };
+                let text = json.to_string();
+                let mut out = conn;
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    text.len()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                let _ = out.write_all(format!("{head}\r\n{text}").as_bytes());
+            }
+        });
+        Stand {
+            url,
+            requests,
+            state,
+        }
+    }
+
+    /// A GitHub with one repository and one PR (#7), whose comments it keeps.
+    pub fn github(login_status: u16) -> Stand {
+        Stand::start(Box::new(move |req, s| {
+            let ok = |v| (200, vec![], v);
+            let path = req.path.split('?').next().unwrap_or("").to_string();
+            match (req.method.as_str(), path.as_str()) {
+                ("GET", "/user") if login_status == 200 => {
+                    ok(serde_json::json!({"login": "ci-bot"}))
+                }
+                ("GET", "/user") => (
+                    login_status,
+                    vec![],
+                    serde_json::json!({"message": "Resource not accessible by integration"}),
+                ),
+                ("GET", "/repos/acme/power/issues/7/comments") => {
+                    ok(serde_json::Value::Array(s.comments.clone()))
+                }
+                ("POST", "/repos/acme/power/issues/7/comments") => {
+                    s.next_id += 1;
+                    let c = serde_json::json!({
+                        "id": s.next_id, "body": req.body["body"], "user": {"login": "ci-bot"},
+                        "html_url": format!("https://github.example/acme/power/pull/7#issuecomment-{}", s.next_id)
+                    });
+                    s.comments.push(c.clone());
+                    (201, vec![], c)
+                }
+                (m, p) if p.starts_with("/repos/acme/power/issues/comments/") => {
+                    let id: u64 = p.rsplit('/').next().unwrap().parse().unwrap();
+                    let Some(i) = s.comments.iter().position(|c| c["id"] == id) else {
+                        return (404, vec![], serde_json::json!({"message": "Not Found"}));
+                    };
+                    if m == "DELETE" {
+                        s.comments.remove(i);
+                        return (204, vec![], serde_json::Value::Null);
+                    }
+                    s.comments[i]["body"] = req.body["body"].clone();
+                    ok(s.comments[i].clone())
+                }
+                ("POST", "/repos/acme/power/actions/workflows/deploy.yml/dispatches") => {
+                    (204, vec![], serde_json::Value::Null)
+                }
+                ("POST", p) if p.starts_with("/repos/acme/power/actions/workflows/") => {
+                    (404, vec![], serde_json::json!({"message": "Not Found"}))
+                }
+                _ => (404, vec![], serde_json::json!({"message": "Not Found"})),
+            }
+        }))
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn comments(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().comments.clone()
+    }
+}
+
+fn gh(stand: &Stand, dir: &Path, args: &[&str]) -> std::process::Output {
+    bin()
+        .args(args)
+        .env("GITHUB_API_URL", &stand.url)
+        .env("GITHUB_REPOSITORY", "acme/power")
+        .env("GITHUB_TOKEN", TOKEN)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("emshap-ci runs")
+}
+
+/// The token appears nowhere, except in the `::add-mask::` command that tells the runner to
+/// hide it (which the runner itself never shows).
+fn no_token(o: &std::process::Output) {
+    for s in [&o.stdout, &o.stderr] {
+        let text = String::from_utf8_lossy(s);
+        for line in text.lines().filter(|l| !l.starts_with("::add-mask::")) {
+            assert!(!line.contains(TOKEN), "the token leaked: {line}");
+        }
+    }
+}
+
+fn report_file(dir: &Path, text: &str) {
+    std::fs::write(dir.join("report.md"), text).unwrap();
+}
+
+#[test]
+fn github_one_comment_created_then_edited_in_place_ignoring_other_users() {
+    let stand = Stand::github(200);
+    // Someone else quoted our marker: never ours to edit.
+    stand
+        .state
+        .lock()
+        .unwrap()
+        .comments
+        .push(serde_json::json!({
+            "id": 5, "user": {"login": "mallory"},
+            "body": "<!-- emshap-ci:report workflow=\"pr-eval\" --> fake", "html_url": "x"
+        }));
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    report_file(d, "## first run\n");
+    let args = [
+        "comment",
+        "--pr",
+        "7",
+        "--workflow",
+        "pr-eval",
+        "--body",
+        "report.md",
+    ];
+    let o = gh(&stand, d, &args);
+    assert_exit(&o, 0);
+    no_token(&o);
+    report_file(d, "## second run\n");
+    let o = gh(&stand, d, &args);
+    assert_exit(&o, 0);
+    no_token(&o);
+    let comments = stand.comments();
+    assert_eq!(comments.len(), 2, "mallory's and ours: {comments:?}");
+    assert_eq!(
+        comments[0]["body"].as_str().unwrap(),
+        "<!-- emshap-ci:report workflow=\"pr-eval\" --> fake"
+    );
+    let ours = &comments[1];
+    assert!(ours["body"].as_str().unwrap().contains("## second run"));
+    let writes: Vec<String> = stand
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "POST /repos/acme/power/issues/7/comments".to_string(),
+            format!("PATCH /repos/acme/power/issues/comments/{}", ours["id"]),
+        ]
+    );
+    assert!(stand
+        .requests()
+        .iter()
+        .all(|r| r.auth.as_deref() == Some(&format!("Bearer {TOKEN}"))));
+}
+
+#[test]
+fn github_duplicates_from_older_runs_are_removed_and_the_actions_bot_is_us() {
+    // The Actions token cannot read /user: our comments are github-actions[bot]'s.
+    let stand = Stand::github(403);
+    {
+        let mut s = stand.state.lock().unwrap();
+        for id in [11, 12] {
+            s.comments.push(serde_json::json!({
+                "id": id, "user": {"login": "github-actions[bot]"}, "html_url": "x",
+                "body": format!("<!-- emshap-ci:report workflow=\"pr-eval\" -->\nold {id}")
+            }));
+        }
+        // Another workflow's comment stays.
+        s.comments.push(serde_json::json!({
+            "id": 13, "user": {"login": "github-actions[bot]"}, "html_url": "x",
+            "body": "<!-- emshap-ci:report workflow=\"train\" -->\nother"
+        }));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    report_file(tmp.path(), "## now\n");
+    let o = gh(
+        &stand,
+        tmp.path(),
+        &[
+            "comment",
+            "--pr",
+            "7",
+            "--workflow",
+            "pr-eval",
+            "--body",
+            "report.md",
+        ],
+    );
+    assert_exit(&o, 0);
+    let ids: Vec<u64> = stand
+        .comments()
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [11, 13], "the oldest is edited, the duplicate deleted");
+    assert!(stand.comments()[0]["body"]
+        .as_str()
+        .unwrap()
+        .contains("## now"));
+}
+
+#[test]
+fn github_a_fork_prs_read_only_token_puts_the_report_in_the_job_summary() {
+    let stand = Stand::github(200);
+    stand.state.lock().unwrap().queued.push_back((
+        "POST /repos/acme/power/issues/7/comments".into(),
+        (
+            403,
+            vec![],
+            serde_json::json!({"message": "Resource not accessible by integration"}),
+        ),
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    report_file(d, "## fork report\n");
+    let o = bin()
+        .args([
+            "comment",
+            "--pr",
+            "7",
+            "--workflow",
+            "pr-eval",
+            "--body",
+            "report.md",
+        ])
+        .env("GITHUB_API_URL", &stand.url)
+        .env("GITHUB_REPOSITORY", "acme/power")
+        .env("GITHUB_TOKEN", TOKEN)
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", d.join("summary.md"))
+        .env("GITHUB_OUTPUT", d.join("output.txt"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    no_token(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("::notice"), "{out}");
+    // Masked before anything else is printed.
+    assert!(out.starts_with(&format!("::add-mask::{TOKEN}\n")), "{out}");
+    let summary = std::fs::read_to_string(d.join("summary.md")).unwrap();
+    assert!(summary.contains("## fork report"), "{summary}");
+    assert!(stand.comments().is_empty());
+}
+
+#[test]
+fn github_a_secondary_rate_limit_is_retried() {
+    let stand = Stand::github(200);
+    stand.state.lock().unwrap().queued.push_back((
+        "POST /repos/acme/power/issues/7/comments".into(),
+        (
+            403,
+            vec![("retry-after".into(), "1".into())],
+            serde_json::json!({"message": "You have exceeded a secondary rate limit"}),
+        ),
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    report_file(tmp.path(), "## r\n");
+    let o = gh(
+        &stand,
+        tmp.path(),
+        &[
+            "comment",
+            "--pr",
+            "7",
+            "--workflow",
+            "pr-eval",
+            "--body",
+            "report.md",
+        ],
+    );
+    assert_exit(&o, 0);
+    let posts = stand
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 2, "the rate-limited POST was retried once");
+    assert_eq!(stand.comments().len(), 1);
+}
+
+#[test]
+fn github_dispatch_sends_sha_and_manifest_and_explains_404_and_422() {
+    let stand = Stand::github(200);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let args = |wf: &'static str| {
+        vec![
+            "dispatch",
+            "--workflow",
+            wf,
+            "--ref",
+            "main",
+            "--sha",
+            "abc1234",
+            "--manifest-uri",
+            "s3://b/p/versions/abc1234/manifest.json",
+        ]
+    };
+    let o = gh(&stand, d, &args("deploy.yml"));
+    assert_exit(&o, 0);
+    let r = stand
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .unwrap();
+    assert_eq!(
+        r.path,
+        "/repos/acme/power/actions/workflows/deploy.yml/dispatches"
+    );
+    assert_eq!(
+        r.body,
+        serde_json::json!({"ref": "main", "inputs": {"sha": "abc1234", "manifest_uri": "s3://b/p/versions/abc1234/manifest.json"}})
+    );
+    let o = gh(&stand, d, &args("missing.yml"));
+    assert_exit(&o, 3);
+    no_token(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no workflow missing.yml") && err.contains(&stand.url),
+        "{err}"
+    );
+    stand.state.lock().unwrap().queued.push_back((
+        "POST /repos/acme/power/actions/workflows/deploy.yml".into(),
+        (
+            422,
+            vec![],
+            serde_json::json!({"message": "Unexpected inputs provided: [\"manifest_uri\"]"}),
+        ),
+    ));
+    let o = gh(&stand, d, &args("deploy.yml"));
+    assert_exit(&o, 3);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Unexpected inputs") && err.contains("inputs `sha` and `manifest_uri`"),
+        "{err}"
+    );
+}
