@@ -100,6 +100,9 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
             }
             let created = crate::store::versions::publish(store.as_ref(), &sha, &files)?;
             let uri = format!("{}/versions/{sha}/manifest.json", store.uri());
+            let gha = crate::gha::Actions::from_env();
+            gha.output("sha", &sha)?;
+            gha.output("manifest_uri", &uri)?;
             Ok(Outcome {
                 text: format!(
                     "{} version {sha} ({} files): {uri}",
@@ -167,7 +170,17 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
         Command::Dispatch(args) => dispatch(args),
         Command::Evaluate(args) => {
             let s = settings::resolve_evaluate(args, &config)?;
-            let m = crate::evaluate::evaluate(&s)?;
+            let gha = crate::gha::Actions::from_env();
+            let m = match crate::evaluate::evaluate(&s) {
+                Ok(m) => m,
+                Err(e) => {
+                    if matches!(e, Error::GateFailed { .. }) {
+                        gha.output("verdict", "fail")?;
+                    }
+                    return Err(e);
+                }
+            };
+            gha.output("verdict", &m.verdict)?;
             Ok(Outcome {
                 text: evaluate_text(&m),
                 json: json!({"command": "evaluate", "ok": true, "metrics": m}),
@@ -308,16 +321,19 @@ fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
     let md = crate::report::render(&input, limit);
     let out = args.out.clone().unwrap_or_else(|| eval.join("report.md"));
     crate::pull::snapshot::write_atomic(&out, md.as_bytes())?;
+    if args.summary {
+        let gha = crate::gha::Actions::from_env();
+        gha.summary(&crate::report::render(&input, crate::report::SUMMARY_LIMIT))?;
+    }
     Ok(Outcome {
         text: md.trim_end().to_string(),
         json: json!({"command": "report", "ok": true, "out": out, "verdict": metrics.verdict, "bytes": md.len()}),
     })
 }
 
-/// The GitHub client from the environment Actions sets; the token is masked in the log first.
-fn github_client(gha: &crate::gha::Actions) -> Result<crate::github::GitHub> {
+/// The GitHub client from the environment Actions sets (main.rs has masked the token).
+fn github_client() -> Result<crate::github::GitHub> {
     let token = std::env::var("GITHUB_TOKEN").unwrap_or_default();
-    gha.mask(&token);
     let api = std::env::var("GITHUB_API_URL")
         .ok()
         .filter(|s| !s.is_empty())
@@ -359,7 +375,7 @@ fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
         .clone()
         .unwrap_or_else(|| "work/eval/report.md".into());
     let body = std::fs::read_to_string(&path).map_err(|e| Error::read(&path, e))?;
-    let client = github_client(&gha)?;
+    let client = github_client()?;
     let marker = crate::github::marker(&workflow);
     match client.upsert_comment(pr, &marker, &body)? {
         crate::github::CommentOutcome::Posted {
@@ -397,18 +413,42 @@ fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
 }
 
 fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
-    let gha = crate::gha::Actions::from_env();
     let sha = sha_of(args.sha.as_deref())?;
-    let client = github_client(&gha)?;
+    let manifest_uri = match (&args.manifest_uri, &args.store.store) {
+        (Some(uri), _) => uri.clone(),
+        (None, Some(_)) => {
+            // Only production is deployed: the store must point at this sha.
+            let store = open_store(&args.store)?;
+            let production =
+                crate::store::versions::production(store.as_ref())?.map(|(p, _)| p.sha);
+            if production.as_deref() != Some(sha.as_str()) {
+                return Err(Error::GateFailed {
+                    message: format!(
+                        "{sha} is not production in {} (production: {}); not dispatched",
+                        store.uri(),
+                        production.as_deref().unwrap_or("none")
+                    ),
+                });
+            }
+            format!("{}/versions/{sha}/manifest.json", store.uri())
+        }
+        (None, None) => {
+            return Err(Error::usage(
+                "dispatch",
+                "give --manifest-uri, or --store to take production's",
+            ))
+        }
+    };
+    let client = github_client()?;
     let inputs = std::collections::BTreeMap::from([
         ("sha".to_string(), sha.clone()),
-        ("manifest_uri".to_string(), args.manifest_uri.clone()),
+        ("manifest_uri".to_string(), manifest_uri.clone()),
     ]);
     client.dispatch(&args.workflow, &args.git_ref, &inputs)?;
     Ok(Outcome {
         text: format!(
-            "dispatched {} on {} for {sha} ({})",
-            args.workflow, args.git_ref, args.manifest_uri
+            "dispatched {} on {} for {sha} ({manifest_uri})",
+            args.workflow, args.git_ref
         ),
         json: json!({"command": "dispatch", "ok": true, "workflow": args.workflow, "ref": args.git_ref, "sha": sha}),
     })

@@ -20,7 +20,21 @@ fn main() {
         .without_time()
         .init();
     let json = cli.global.output == OutputFormat::Json;
-    std::process::exit(match app::run(&cli) {
+    // In GitHub Actions each command's log is one collapsible group, and a failure is an
+    // annotation on the run.
+    let gha = emshap_ci::gha::Actions::from_env();
+    // Every secret it may be given is masked before anything else is printed.
+    for key in ["GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        if let Ok(v) = std::env::var(key) {
+            gha.mask(&v);
+        }
+    }
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let result = gha.group(&format!("emshap-ci {name}"), || app::run(&cli));
+    if let Err(e) = &result {
+        gha.error(&format!("emshap-ci {name}: {}", e.kind()), &e.to_string());
+    }
+    std::process::exit(match result {
         Ok(out) => {
             if json {
                 println!("{}", out.json);

@@ -31,7 +31,10 @@ pub struct DispatchArgs {
     /// The version to deploy (default $GITHUB_SHA).
     #[arg(long, env = "EMSHAP_CI_SHA")]
     pub sha: Option<String>,
-    /// The version's manifest URI (what `publish` printed).
+    /// The version's manifest URI (default: from --store, which must have this sha as
+    /// production: only a promoted version is deployed).
     #[arg(long, env = "EMSHAP_CI_MANIFEST_URI")]
-    pub manifest_uri: String,
+    pub manifest_uri: Option<String>,
+    #[command(flatten)]
+    pub store: crate::cli::store::StoreArg,
 }

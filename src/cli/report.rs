@@ -33,4 +33,7 @@ pub struct ReportArgs {
     /// Where to write the markdown (default EVAL/report.md); it is also printed.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also append the report to the job summary ($GITHUB_STEP_SUMMARY, in Actions).
+    #[arg(long)]
+    pub summary: bool,
 }

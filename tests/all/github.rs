@@ -443,3 +443,49 @@ fn github_dispatch_sends_sha_and_manifest_and_explains_404_and_422() {
         "{err}"
     );
 }
+
+#[test]
+fn github_dispatch_from_the_store_only_deploys_production() {
+    use emshap_ci::store::local::LocalStore;
+    use emshap_ci::store::versions;
+    let stand = Stand::github(200);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let store = LocalStore::new(d.join("store"));
+    for sha in ["aaaa111", "bbbb222"] {
+        let files = vec![
+            ("power_predictor.onnx".to_string(), sha.as_bytes().to_vec()),
+            (
+                "metrics.json".to_string(),
+                br#"{"verdict":"pass"}"#.to_vec(),
+            ),
+        ];
+        versions::publish(&store, sha, &files).unwrap();
+    }
+    versions::promote(&store, "aaaa111", "ci", None).unwrap();
+    let args = |sha: &'static str| vec!["dispatch", "--store", "store", "--sha", sha];
+    // Published but not production: refused, and GitHub is not asked.
+    let o = gh(&stand, d, &args("bbbb222"));
+    assert_exit(&o, 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bbbb222 is not production") && err.contains("aaaa111"),
+        "{err}"
+    );
+    assert!(stand.requests().iter().all(|r| r.method != "POST"));
+    let o = gh(&stand, d, &args("aaaa111"));
+    assert_exit(&o, 0);
+    let r = stand
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .unwrap();
+    let uri = r.body["inputs"]["manifest_uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        uri.starts_with("file:///") && uri.ends_with("/store/versions/aaaa111/manifest.json"),
+        "{uri}"
+    );
+}

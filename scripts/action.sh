@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The composite action's body (action.yml): the stages of DESIGN §2 for one mode. Every input
+# arrives as an environment variable (EMSHAP_CI_*, GITHUB_TOKEN, AWS_*) set by action.yml's
+# `env:`, never pasted into this text; the binary reads them itself.
+#
+#   pr       pull → train both → evaluate → report → comment   (no publish, no promote)
+#   main     pull → train both → evaluate → report → publish → promote on pass → dispatch
+#   retrain  main, with the workflow_dispatch inputs (window, force + reason)
+#
+# The binary writes the step outputs (verdict, sha, manifest_uri, comment_url), the job
+# summary, the annotations and the log groups. A failed gate still publishes the report
+# (and, on main, the version, so the failure can be inspected) and then fails the step with
+# exit 1; a bad model never reaches promote.
+set -euo pipefail
+bin=${EMSHAP_CI_BIN:?EMSHAP_CI_BIN must name the emshap-ci binary}
+mode=${EMSHAP_CI_MODE:-pr}
+case "$mode" in
+  pr | main | retrain) ;;
+  *) echo "::error title=emshap-ci::mode must be pr, main or retrain (got '$mode')"; exit 2 ;;
+esac
+work=${EMSHAP_CI_WORK:-work}
+export EMSHAP_CI_DATA="$work/data" EMSHAP_CI_MODELS="$work/models" EMSHAP_CI_EVAL="$work/eval"
+if [ "${EMSHAP_CI_FORCE:-false}" != true ]; then unset EMSHAP_CI_FORCE; fi
+if [ "$mode" = pr ]; then
+  # A pull request never forces and never moves production.
+  unset EMSHAP_CI_FORCE EMSHAP_CI_REASON
+fi
+
+"$bin" pull
+"$bin" train power
+"$bin" train emshap
+gate=0
+"$bin" evaluate || gate=$?
+[ "$gate" = 0 ] || [ "$gate" = 1 ] || exit "$gate"
+
+if [ "$mode" = pr ]; then
+  "$bin" report --summary
+  if [ -n "${GITHUB_TOKEN:-}" ]; then "$bin" comment; fi
+  exit "$gate"
+fi
+
+if [ -n "${EMSHAP_CI_STORE:-}" ]; then
+  "$bin" report --summary
+  "$bin" publish
+  [ "$gate" = 0 ] || exit "$gate"
+  "$bin" promote
+  # dispatch checks that this sha is production before it starts the deploy.
+  if [ -n "${GITHUB_TOKEN:-}" ] && [ -n "${EMSHAP_CI_DEPLOY_WORKFLOW:-}" ]; then
+    "$bin" dispatch
+  fi
+else
+  "$bin" report --summary
+  echo "::warning title=emshap-ci::no store configured: nothing published or promoted"
+fi
+exit "$gate"
