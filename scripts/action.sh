@@ -18,6 +18,13 @@ case "$mode" in
   pr | main | retrain) ;;
   *) echo "::error title=emshap-ci::mode must be pr, main or retrain (got '$mode')"; exit 2 ;;
 esac
+# An input left empty means "not set".
+for v in $(compgen -e | grep '^EMSHAP_CI_'); do
+  [ -n "${!v}" ] || unset "$v"
+done
+if [ -n "${EMSHAP_CI_BROKERS:-}" ]; then
+  export EMSHAP_CI_SOURCE="kafka:${EMSHAP_CI_KAFKA_TOPIC:-raw_metrics}"
+fi
 work=${EMSHAP_CI_WORK:-work}
 export EMSHAP_CI_DATA="$work/data" EMSHAP_CI_MODELS="$work/models" EMSHAP_CI_EVAL="$work/eval"
 if [ "${EMSHAP_CI_FORCE:-false}" != true ]; then unset EMSHAP_CI_FORCE; fi

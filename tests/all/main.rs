@@ -14,3 +14,4 @@ mod s3;
 mod smoke;
 #[cfg(feature = "torch")]
 mod train;
+mod workflows;

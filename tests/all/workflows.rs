@@ -1,0 +1,129 @@
+//! The action and the workflows pass zizmor (the GitHub Actions security linter, from
+//! scripts/setup.sh --test) with no finding left, and keep the rules zizmor does not check:
+//! `permissions: {}` at the top of every workflow, no `pull_request_target`, inputs reach
+//! shell text only through `env:`, third-party actions pinned by commit sha.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn workflows() -> Vec<(String, String)> {
+    let dir = root().join(".github/workflows");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn zizmor_finds_nothing_in_the_action_and_workflows() {
+    let exe = std::env::var("EMSHAP_CI_ZIZMOR").unwrap_or_default();
+    assert!(
+        !exe.is_empty() && Path::new(&exe).is_file(),
+        "zizmor is not installed (EMSHAP_CI_ZIZMOR={exe:?}): run scripts/setup.sh --test and source its env file"
+    );
+    let o = std::process::Command::new(&exe)
+        .args(["--offline", "--format", "plain", "--no-progress"])
+        .arg(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "zizmor found something:\n{out}");
+    assert!(out.contains("No findings to report"), "{out}");
+    // It did audit every one of them (its log names each file it completes).
+    for (name, _) in workflows() {
+        assert!(
+            out.contains(&format!("completed ./.github/workflows/{name}"))
+                || out.contains(&format!(
+                    "completed {}/.github/workflows/{name}",
+                    root().display()
+                )),
+            "{name} not audited:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn workflows_start_with_no_permissions_and_never_use_pull_request_target() {
+    let all = workflows();
+    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ci.yml",
+            "deploy.yml",
+            "pr-eval.yml",
+            "retrain.yml",
+            "train.yml"
+        ]
+    );
+    for (name, text) in &all {
+        assert!(
+            text.lines().any(|l| l == "permissions: {}"),
+            "{name}: no top-level `permissions: {{}}`"
+        );
+        let code = text.lines().filter(|l| !l.trim_start().starts_with('#'));
+        assert!(
+            code.clone().all(|l| !l.contains("pull_request_target")),
+            "{name}: pull_request_target runs fork code with the base repository's secrets"
+        );
+    }
+}
+
+#[test]
+fn expressions_never_reach_shell_text_and_actions_are_pinned_by_sha() {
+    let mut files = workflows();
+    files.push((
+        "action.yml".into(),
+        std::fs::read_to_string(root().join("action.yml")).unwrap(),
+    ));
+    for (name, text) in &files {
+        let mut in_run = None::<usize>;
+        for (i, line) in text.lines().enumerate() {
+            let indent = line.len() - line.trim_start().len();
+            let t = line.trim_start().trim_start_matches("- ");
+            if let Some(run_indent) = in_run {
+                if line.trim().is_empty() || indent > run_indent {
+                    assert!(
+                        !line.contains("${{"),
+                        "{name}:{}: an expression in shell text: {line}",
+                        i + 1
+                    );
+                    continue;
+                }
+                in_run = None;
+            }
+            if let Some(rest) = t.strip_prefix("run:") {
+                assert!(!rest.contains("${{"), "{name}:{}: {line}", i + 1);
+                in_run = Some(indent);
+            }
+            if let Some(uses) = t.strip_prefix("uses:") {
+                let uses = uses.split('#').next().unwrap().trim();
+                if !uses.starts_with("./") {
+                    let (_, r) = uses.split_once('@').expect("uses with a ref");
+                    assert!(
+                        r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()),
+                        "{name}:{}: {uses} is not pinned by sha",
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+}
