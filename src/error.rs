@@ -132,6 +132,16 @@ impl Error {
     }
 }
 
+/// The innermost cause of an error chain: the part that says what actually happened
+/// ("Connection refused"), without a client library's wrappers.
+pub fn deepest(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = err;
+    while let Some(s) = e.source() {
+        e = s;
+    }
+    e.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

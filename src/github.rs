@@ -15,7 +15,7 @@ use http::StatusCode;
 use octocrab::Octocrab;
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{deepest, Error, Result};
 
 /// Rate-limited requests are tried this many times in all.
 const ATTEMPTS: usize = 4;
@@ -352,14 +352,6 @@ impl GitHub {
             _ => Err(self.unexpected(&what, &reply, "see GitHub's message")),
         }
     }
-}
-
-fn deepest(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = err;
-    while let Some(s) = e.source() {
-        e = s;
-    }
-    e.to_string()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::{Cond, Object, Put, Store};
-use crate::error::{Error, Result};
+use crate::error::{deepest, Error, Result};
 
 /// Objects above this size are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 16 << 20;
@@ -355,16 +355,6 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
     }
-}
-
-/// The innermost cause of an error chain: the part that says what actually happened
-/// ("Connection refused"), without the SDK's wrappers.
-fn deepest(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = err;
-    while let Some(s) = e.source() {
-        e = s;
-    }
-    e.to_string()
 }
 
 /// 412 is a failed precondition; 409 is S3's answer when a concurrent conditional write to

@@ -12,6 +12,17 @@ use std::sync::{Arc, Mutex};
 
 use crate::harness::{assert_exit, bin};
 
+/// `comment` on PR #7 for the pr-eval workflow, with report.md.
+const COMMENT: [&str; 7] = [
+    "comment",
+    "--pr",
+    "7",
+    "--workflow",
+    "pr-eval",
+    "--body",
+    "report.md",
+];
+
 const TOKEN: &str = "ghs_standInTokenThatMustNeverBePrinted0001";
 
 #[derive(Debug, Clone)]
@@ -217,20 +228,11 @@ fn github_one_comment_created_then_edited_in_place_ignoring_other_users() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     report_file(d, "## first run\n");
-    let args = [
-        "comment",
-        "--pr",
-        "7",
-        "--workflow",
-        "pr-eval",
-        "--body",
-        "report.md",
-    ];
-    let o = gh(&stand, d, &args);
+    let o = gh(&stand, d, &COMMENT);
     assert_exit(&o, 0);
     no_token(&o);
     report_file(d, "## second run\n");
-    let o = gh(&stand, d, &args);
+    let o = gh(&stand, d, &COMMENT);
     assert_exit(&o, 0);
     no_token(&o);
     let comments = stand.comments();
@@ -280,19 +282,7 @@ fn github_duplicates_from_older_runs_are_removed_and_the_actions_bot_is_us() {
     }
     let tmp = tempfile::tempdir().unwrap();
     report_file(tmp.path(), "## now\n");
-    let o = gh(
-        &stand,
-        tmp.path(),
-        &[
-            "comment",
-            "--pr",
-            "7",
-            "--workflow",
-            "pr-eval",
-            "--body",
-            "report.md",
-        ],
-    );
+    let o = gh(&stand, tmp.path(), &COMMENT);
     assert_exit(&o, 0);
     let ids: Vec<u64> = stand
         .comments()
@@ -321,15 +311,7 @@ fn github_a_fork_prs_read_only_token_puts_the_report_in_the_job_summary() {
     let d = tmp.path();
     report_file(d, "## fork report\n");
     let o = bin()
-        .args([
-            "comment",
-            "--pr",
-            "7",
-            "--workflow",
-            "pr-eval",
-            "--body",
-            "report.md",
-        ])
+        .args(COMMENT)
         .env("GITHUB_API_URL", &stand.url)
         .env("GITHUB_REPOSITORY", "acme/power")
         .env("GITHUB_TOKEN", TOKEN)
@@ -363,19 +345,7 @@ fn github_a_secondary_rate_limit_is_retried() {
     ));
     let tmp = tempfile::tempdir().unwrap();
     report_file(tmp.path(), "## r\n");
-    let o = gh(
-        &stand,
-        tmp.path(),
-        &[
-            "comment",
-            "--pr",
-            "7",
-            "--workflow",
-            "pr-eval",
-            "--body",
-            "report.md",
-        ],
-    );
+    let o = gh(&stand, tmp.path(), &COMMENT);
     assert_exit(&o, 0);
     let posts = stand
         .requests()
