@@ -29,7 +29,13 @@ fn main() {
             gha.mask(&v);
         }
     }
-    let name = std::env::args().nth(1).unwrap_or_default();
+    // The command's words ("train power"), not its flags or values.
+    let name = std::env::args()
+        .skip(1)
+        .take_while(|a| !a.starts_with('-'))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     let result = gha.group(&format!("emshap-ci {name}"), || app::run(&cli));
     if let Err(e) = &result {
         gha.error(&format!("emshap-ci {name}: {}", e.kind()), &e.to_string());

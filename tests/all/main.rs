@@ -2,6 +2,8 @@
 //! start a real Tansu broker, those named `s3_*` a real S3-compatible server (see `harness`);
 //! the fast ones run with `cargo nextest run -E 'not test(/kafka|s3_/)'`.
 
+#[cfg(feature = "torch")]
+mod action;
 mod cli;
 #[cfg(feature = "torch")]
 mod evaluate;
