@@ -40,14 +40,14 @@ gate=0
 "$bin" evaluate || gate=$?
 [ "$gate" = 0 ] || [ "$gate" = 1 ] || exit "$gate"
 
+"$bin" report --summary
+
 if [ "$mode" = pr ]; then
-  "$bin" report --summary
   if [ -n "${GITHUB_TOKEN:-}" ]; then "$bin" comment; fi
   exit "$gate"
 fi
 
 if [ -n "${EMSHAP_CI_STORE:-}" ]; then
-  "$bin" report --summary
   "$bin" publish
   [ "$gate" = 0 ] || exit "$gate"
   "$bin" promote
@@ -56,7 +56,6 @@ if [ -n "${EMSHAP_CI_STORE:-}" ]; then
     "$bin" dispatch
   fi
 else
-  "$bin" report --summary
   echo "::warning title=emshap-ci::no store configured: nothing published or promoted"
 fi
 exit "$gate"

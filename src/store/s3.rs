@@ -183,10 +183,6 @@ impl S3Store {
         })
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     fn full_key(&self, key: &str) -> String {
         if self.prefix.is_empty() {
             key.to_string()

@@ -176,6 +176,11 @@ impl Stand {
         }))
     }
 
+    /// Serves `reply` once, to the next request whose "METHOD /path" starts with `route`.
+    pub fn queue(&self, route: String, reply: Reply) {
+        self.state.lock().unwrap().queued.push_back((route, reply));
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
@@ -186,8 +191,19 @@ impl Stand {
 }
 
 fn gh(stand: &Stand, dir: &Path, args: &[&str]) -> std::process::Output {
+    gh_env(stand, dir, args, &[])
+}
+
+/// `gh` with more environment variables.
+fn gh_env(
+    stand: &Stand,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Output {
     bin()
         .args(args)
+        .envs(env.iter().copied())
         .env("GITHUB_API_URL", &stand.url)
         .env("GITHUB_REPOSITORY", "acme/power")
         .env("GITHUB_TOKEN", TOKEN)
@@ -299,28 +315,28 @@ fn github_duplicates_from_older_runs_are_removed_and_the_actions_bot_is_us() {
 #[test]
 fn github_a_fork_prs_read_only_token_puts_the_report_in_the_job_summary() {
     let stand = Stand::github(200);
-    stand.state.lock().unwrap().queued.push_back((
+    stand.queue(
         "POST /repos/acme/power/issues/7/comments".into(),
         (
             403,
             vec![],
             serde_json::json!({"message": "Resource not accessible by integration"}),
         ),
-    ));
+    );
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     report_file(d, "## fork report\n");
-    let o = bin()
-        .args(COMMENT)
-        .env("GITHUB_API_URL", &stand.url)
-        .env("GITHUB_REPOSITORY", "acme/power")
-        .env("GITHUB_TOKEN", TOKEN)
-        .env("GITHUB_ACTIONS", "true")
-        .env("GITHUB_STEP_SUMMARY", d.join("summary.md"))
-        .env("GITHUB_OUTPUT", d.join("output.txt"))
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let (summary, output) = (d.join("summary.md"), d.join("output.txt"));
+    let o = gh_env(
+        &stand,
+        d,
+        &COMMENT,
+        &[
+            ("GITHUB_ACTIONS", "true".as_ref()),
+            ("GITHUB_STEP_SUMMARY", summary.as_os_str()),
+            ("GITHUB_OUTPUT", output.as_os_str()),
+        ],
+    );
     assert_exit(&o, 0);
     no_token(&o);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -335,14 +351,14 @@ fn github_a_fork_prs_read_only_token_puts_the_report_in_the_job_summary() {
 #[test]
 fn github_a_secondary_rate_limit_is_retried() {
     let stand = Stand::github(200);
-    stand.state.lock().unwrap().queued.push_back((
+    stand.queue(
         "POST /repos/acme/power/issues/7/comments".into(),
         (
             403,
             vec![("retry-after".into(), "1".into())],
             serde_json::json!({"message": "You have exceeded a secondary rate limit"}),
         ),
-    ));
+    );
     let tmp = tempfile::tempdir().unwrap();
     report_file(tmp.path(), "## r\n");
     let o = gh(&stand, tmp.path(), &COMMENT);
@@ -397,14 +413,14 @@ fn github_dispatch_sends_sha_and_manifest_and_explains_404_and_422() {
         err.contains("no workflow missing.yml") && err.contains(&stand.url),
         "{err}"
     );
-    stand.state.lock().unwrap().queued.push_back((
+    stand.queue(
         "POST /repos/acme/power/actions/workflows/deploy.yml".into(),
         (
             422,
             vec![],
             serde_json::json!({"message": "Unexpected inputs provided: [\"manifest_uri\"]"}),
         ),
-    ));
+    );
     let o = gh(&stand, d, &args("deploy.yml"));
     assert_exit(&o, 3);
     let err = String::from_utf8_lossy(&o.stderr);

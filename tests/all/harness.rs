@@ -294,21 +294,12 @@ impl S3Server {
 
     /// The library's store on this server, as the writer.
     pub fn store(&self, prefix: &str) -> emshap_ci::store::s3::S3Store {
-        self.store_as(prefix, &self.endpoint, &self.writer)
-    }
-
-    pub fn store_as(
-        &self,
-        prefix: &str,
-        endpoint: &str,
-        creds: &Creds,
-    ) -> emshap_ci::store::s3::S3Store {
         emshap_ci::store::s3::S3Store::open_with(
             &self.uri(prefix),
             emshap_ci::store::s3::S3Options {
-                endpoint: Some(endpoint.into()),
+                endpoint: Some(self.endpoint.clone()),
                 region: Some("us-east-1".into()),
-                credentials: Some((creds.id.clone(), creds.secret.clone())),
+                credentials: Some((self.writer.id.clone(), self.writer.secret.clone())),
                 ..Default::default()
             },
         )
