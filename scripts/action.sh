@@ -13,6 +13,12 @@
 # exit 1; a bad model never reaches promote.
 set -euo pipefail
 bin=${EMSHAP_CI_BIN:?EMSHAP_CI_BIN must name the emshap-ci binary}
+if [ -n "${EMSHAP_CI_ENV_FILE:-}" ]; then
+  # From the install step: where this machine's libtorch and ONNX Runtime are.
+  # shellcheck disable=SC1090
+  source "$EMSHAP_CI_ENV_FILE"
+  export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 mode=${EMSHAP_CI_MODE:-pr}
 case "$mode" in
   pr | main | retrain) ;;

