@@ -13,8 +13,10 @@ use crate::github::Stand;
 
 const TAG: &str = "v0.0.1-test";
 const ASSET: &str = "emshap-ci-v0.0.1-test-x86_64-unknown-linux-gnu.tar.gz";
+#[cfg(feature = "torch")]
 const TOKEN: &str = "ghs_actTestTokenThatMustNeverBePrinted0002";
 /// actions/cache as action.yml pins it.
+#[cfg(feature = "torch")]
 const CACHE_ACTION: &str = "actions/cache@0057852bfaa89a56745cba8c7296529d2fc39830";
 
 fn repo() -> &'static Path {
