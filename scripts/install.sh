@@ -27,19 +27,25 @@ if [ "$version" != source ]; then
   repo=${EMSHAP_CI_RELEASE_REPO:-${GITHUB_ACTION_REPOSITORY:-}}
   asset="emshap-ci-$version-$target.tar.gz"
   url="${GITHUB_SERVER_URL:-https://github.com}/$repo/releases/download/$version"
-  dir="$EMSHAP_CI_CACHE/release-$version"
-  rm -rf "$dir"
-  mkdir -p "$dir"
+  # Downloaded into a folder of its own, and kept (under the verified digest) only once
+  # verified: jobs sharing a runner's cache never see each other's half-written files.
+  dir=$(mktemp -d "$EMSHAP_CI_CACHE/.release-$version.XXXXXX")
+  trap 'rm -rf "$dir"' EXIT
   if [ -n "$repo" ] && curl -fsSL --retry 3 -o "$dir/$asset" "$url/$asset"; then
     curl -fsSL --retry 3 -o "$dir/$asset.sha256" "$url/$asset.sha256" ||
       fail "release $version of $repo has $asset but no $asset.sha256: refusing an unverified binary (re-run the release workflow for $version)"
     # The checksum file names the asset; anything else in it, or a mismatch, stops here.
-    (cd "$dir" && sha256sum --check --strict --status "$asset.sha256") || {
-      rm -rf "$dir"
+    (cd "$dir" && sha256sum --check --strict --status "$asset.sha256") ||
       fail "$asset does not match the sha256 published with release $version of $repo: refusing it (re-run the job; if it happens again the release asset is damaged)"
-    }
-    tar -xzf "$dir/$asset" -C "$dir" emshap-ci
-    bin="$dir/emshap-ci"
+    sum=$(cut -d' ' -f1 "$dir/$asset.sha256")
+    keep="$EMSHAP_CI_CACHE/release-$version-${sum:0:16}"
+    if [ ! -x "$keep/emshap-ci" ]; then
+      tar -xzf "$dir/$asset" -C "$dir" emshap-ci
+      rm -f "$dir/$asset"
+      # Another job may have kept the same verified files first; either copy will do.
+      mv -T "$dir" "$keep" 2>/dev/null || true
+    fi
+    bin="$keep/emshap-ci"
   else
     echo "::warning title=emshap-ci install::no release asset $asset for $version in '$repo'; building from source"
   fi

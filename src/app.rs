@@ -77,6 +77,49 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "pull", "ok": true, "report": report}),
             })
         }
+        Command::Explain(args) => {
+            let s = crate::explain::ExplainSettings {
+                models: args.models.clone().unwrap_or_else(|| "work/models".into()),
+                rows: args.rows.clone(),
+                out: args.out.clone(),
+                exact: args.exact,
+                samples: args.samples,
+                proposals: args.proposals.unwrap_or(crate::evaluate::PROPOSALS),
+                seed: args.seed.unwrap_or(7),
+                threads: args
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            };
+            if s.proposals == 0 {
+                return Err(Error::usage("--proposals", "must be at least 1"));
+            }
+            let progress = Progress::new("explain", quiet);
+            let a = crate::explain::explain(&s, &progress)?;
+            let gap = a.rows.iter().map(|r| r.efficiency_gap).fold(0.0, f64::max);
+            let worst_se = a
+                .rows
+                .iter()
+                .filter_map(|r| r.stderr.as_ref())
+                .flatten()
+                .fold(0.0f64, |m, v| m.max(*v));
+            Ok(Outcome {
+                text: format!(
+                    "explained {} rows of {} features by {} in {:.2} s ({:.2} rows/s); largest efficiency gap {gap:.2e}{}\nwrote {}",
+                    a.rows.len(),
+                    a.features.len(),
+                    a.method,
+                    a.seconds,
+                    a.rows.len() as f64 / a.seconds.max(1e-9),
+                    if worst_se > 0.0 {
+                        format!(", largest standard error of a φ {worst_se:.3} W")
+                    } else {
+                        String::new()
+                    },
+                    s.out.display()
+                ),
+                json: json!({"command": "explain", "ok": true, "rows": a.rows.len(), "method": a.method, "seconds": a.seconds, "efficiency_gap": gap, "out": s.out}),
+            })
+        }
         Command::Publish(args) => {
             let store = open_store(&args.store)?;
             let sha = sha_of(args.sha.as_deref())?;

@@ -2,6 +2,7 @@
 //! `EMSHAP_CI_<NAME>`; `settings` merges them with the config file and the defaults.
 
 pub mod evaluate;
+pub mod explain;
 pub mod generate;
 pub mod github;
 pub mod pull;
@@ -66,6 +67,10 @@ pub enum Command {
     /// Score the candidate (and production, on the same test rows) through ONNX Runtime and
     /// apply the gate; writes metrics.json. Exit 1 when the gate fails.
     Evaluate(evaluate::EvaluateArgs),
+    /// Shapley values for given rows: the power model's prediction split among the features,
+    /// with EMSHAP's conditional mean as the value function (exact up to 12 features, else
+    /// KernelSHAP).
+    Explain(explain::ExplainArgs),
     /// Upload the version under the commit sha: models, metrics, dataset, manifest last.
     Publish(store::PublishArgs),
     /// Point production at a published version whose verdict is pass or forced.

@@ -11,7 +11,9 @@ use std::process::Command;
 
 use crate::github::Stand;
 
+#[cfg(feature = "torch")]
 const TAG: &str = "v0.0.1-test";
+#[cfg(feature = "torch")]
 const ASSET: &str = "emshap-ci-v0.0.1-test-x86_64-unknown-linux-gnu.tar.gz";
 #[cfg(feature = "torch")]
 const TOKEN: &str = "ghs_actTestTokenThatMustNeverBePrinted0002";
@@ -23,24 +25,25 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Packages the binary under test as release `TAG` and serves the asset and its sha256 (or
+/// Packages the binary under test as release `tag` and serves the asset and its sha256 (or
 /// `sha256`, when given) from the stand-in, as GitHub serves release downloads.
-fn serve_release(stand: &Stand, dir: &Path, sha256: Option<&str>) {
+fn serve_release(stand: &Stand, dir: &Path, tag: &str, sha256: Option<&str>) {
     let o = Command::new(repo().join("scripts/package.sh"))
         .args([
             env!("CARGO_BIN_EXE_emshap-ci").as_ref(),
             dir.as_os_str(),
-            TAG.as_ref(),
+            tag.as_ref(),
         ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let base = format!("/acme/power/releases/download/{TAG}/{ASSET}");
-    let mut sum = std::fs::read(dir.join(format!("{ASSET}.sha256"))).unwrap();
+    let asset = format!("emshap-ci-{tag}-x86_64-unknown-linux-gnu.tar.gz");
+    let base = format!("/acme/power/releases/download/{tag}/{asset}");
+    let mut sum = std::fs::read(dir.join(format!("{asset}.sha256"))).unwrap();
     if let Some(s) = sha256 {
-        sum = format!("{s}  {ASSET}\n").into_bytes();
+        sum = format!("{s}  {asset}\n").into_bytes();
     }
-    stand.serve_file(base.clone(), std::fs::read(dir.join(ASSET)).unwrap());
+    stand.serve_file(base.clone(), std::fs::read(dir.join(&asset)).unwrap());
     stand.serve_file(format!("{base}.sha256"), sum);
 }
 
@@ -48,10 +51,13 @@ fn serve_release(stand: &Stand, dir: &Path, sha256: Option<&str>) {
 fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
     let stand = Stand::github(200);
     let tmp = tempfile::tempdir().unwrap();
-    serve_release(&stand, &tmp.path().join("dist"), Some(&"0".repeat(64)));
+    // A tag of its own: the act test installs TAG at the same time, into the same cache.
+    let tag = "v0.0.2-tampered";
+    let asset = format!("emshap-ci-{tag}-x86_64-unknown-linux-gnu.tar.gz");
+    serve_release(&stand, &tmp.path().join("dist"), tag, Some(&"0".repeat(64)));
     let output = tmp.path().join("output.txt");
     let o = Command::new(repo().join("scripts/install.sh"))
-        .env("EMSHAP_CI_VERSION", TAG)
+        .env("EMSHAP_CI_VERSION", tag)
         .env("EMSHAP_CI_RELEASE_REPO", "acme/power")
         .env("GITHUB_SERVER_URL", &stand.url)
         .env("GITHUB_OUTPUT", &output)
@@ -61,16 +67,18 @@ fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
     assert_eq!(o.status.code(), Some(3), "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "::error title=emshap-ci install::{ASSET} does not match the sha256 published with release {TAG} of acme/power"
+            "::error title=emshap-ci install::{asset} does not match the sha256 published with release {tag} of acme/power"
         )),
         "{stdout}"
     );
     assert!(!output.exists(), "no binary is handed on");
     let cache = std::env::var("EMSHAP_CI_CACHE").unwrap();
-    assert!(
-        !Path::new(&cache).join(format!("release-{TAG}")).exists(),
-        "the refused asset is not kept"
-    );
+    let kept: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(tag))
+        .collect();
+    assert!(kept.is_empty(), "the refused asset is not kept: {kept:?}");
 }
 
 #[cfg(feature = "torch")]
@@ -134,7 +142,7 @@ fn act_runs_the_composite_action_from_a_release_asset_against_s3_and_the_github_
     .trim()
     .to_string();
     let stand = Stand::github(200);
-    serve_release(&stand, &tmp.path().join("dist"), None);
+    serve_release(&stand, &tmp.path().join("dist"), TAG, None);
     let s3 = crate::harness::S3Server::start();
     let store = s3.uri("act");
     let outputs = tmp.path().join("outputs.txt");

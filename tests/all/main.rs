@@ -8,6 +8,7 @@ mod action;
 mod cli;
 #[cfg(feature = "torch")]
 mod evaluate;
+mod explain;
 mod github;
 mod harness;
 mod onnx_python;

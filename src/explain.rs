@@ -1,0 +1,784 @@
+//! Shapley values (DESIGN §6): v(S) = f(x_S, E[x_S̄ | x_S]), f the power model and the
+//! conditional mean EMSHAP's imputation, both through their ONNX graphs (`OnnxValue`).
+//!
+//! - **Exact** (d ≤ 12 by default): v on all 2^d coalitions, φ_i = Σ_{S∌i} |S|!(d−|S|−1)!/d!
+//!   · (v(S∪{i}) − v(S)).
+//! - **KernelSHAP** otherwise: coalitions drawn from the Shapley kernel (size s with
+//!   probability ∝ 1/(s(d−s)), then a uniform subset of that size), each with its complement
+//!   (paired, antithetic); φ is the least-squares fit of v(S) − v(∅) ≈ Σ_{i∈S} φ_i under the
+//!   efficiency constraint Σφ = f(x) − v(∅), solved exactly (Lagrange, Cholesky). Its error
+//!   estimate: the pairs split into groups, φ solved per group, the standard deviation of
+//!   the group solutions over √groups (batch means).
+//!
+//! The value function is a trait, so the algorithms are tested on functions whose Shapley
+//! values are known (tests below).
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::onnx::{Session, Tensor};
+
+/// Exact enumeration up to this many features by default (2^12 = 4,096 coalitions a row).
+pub const EXACT_MAX_DEFAULT: usize = 12;
+/// `--exact` is refused above this (2^16 = 65,536 coalitions a row).
+pub const EXACT_MAX: usize = 16;
+/// KernelSHAP coalitions per row by default (paired: half as many independent draws).
+pub const DEFAULT_SAMPLES: usize = 512;
+/// Groups for KernelSHAP's batch-means error estimate.
+const GROUPS: usize = 8;
+
+/// A coalition value function for one row at a time.
+pub trait ValueFunction {
+    fn d(&self) -> usize;
+    /// v(S) of row `x` for each coalition in `masks` (row-major, d per coalition, 1.0 = in
+    /// S, i.e. observed).
+    fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Method {
+    Exact,
+    Kernel { samples: usize },
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Exact => write!(f, "exact enumeration"),
+            Method::Kernel { samples } => write!(f, "KernelSHAP, {samples} paired samples"),
+        }
+    }
+}
+
+/// The method for `d` features: `--exact`, `--samples N`, or exact up to 12 features.
+pub fn choose(d: usize, exact: bool, samples: Option<usize>) -> Result<Method> {
+    if exact {
+        if d > EXACT_MAX {
+            return Err(Error::usage(
+                "--exact",
+                format!("{d} features need 2^{d} coalitions a row; exact enumeration stops at {EXACT_MAX} (use --samples N)"),
+            ));
+        }
+        return Ok(Method::Exact);
+    }
+    match samples {
+        Some(n) if n < 2 * d || n % 2 == 1 => Err(Error::usage(
+            "--samples",
+            format!("{n}: give an even number of at least 2·d = {} (paired coalitions, enough to fit {d} values)", 2 * d),
+        )),
+        Some(n) => Ok(Method::Kernel { samples: n }),
+        None if d <= EXACT_MAX_DEFAULT => Ok(Method::Exact),
+        None => Ok(Method::Kernel {
+            samples: DEFAULT_SAMPLES,
+        }),
+    }
+}
+
+/// One row's attribution.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub phi: Vec<f64>,
+    /// v(∅): the prediction with every feature imputed.
+    pub base_value: f64,
+    /// v(N) = f(x).
+    pub f_x: f64,
+    /// KernelSHAP's standard error per φ (exact: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<Vec<f64>>,
+    /// |Σφ − (f(x) − v(∅))|: zero up to rounding (both methods guarantee it).
+    pub efficiency_gap: f64,
+}
+
+pub fn explain_row(
+    vf: &mut dyn ValueFunction,
+    x: &[f32],
+    method: Method,
+    seed: u64,
+) -> Result<Explanation> {
+    match method {
+        Method::Exact => exact(vf, x),
+        Method::Kernel { samples } => kernel(vf, x, samples, seed),
+    }
+}
+
+fn finish(phi: Vec<f64>, base_value: f64, f_x: f64, stderr: Option<Vec<f64>>) -> Explanation {
+    let efficiency_gap = (phi.iter().sum::<f64>() - (f_x - base_value)).abs();
+    Explanation {
+        phi,
+        base_value,
+        f_x,
+        stderr,
+        efficiency_gap,
+    }
+}
+
+/// Shapley values by enumerating every coalition.
+pub fn exact(vf: &mut dyn ValueFunction, x: &[f32]) -> Result<Explanation> {
+    let d = vf.d();
+    let m = 1usize << d;
+    let mut masks = vec![0f32; m * d];
+    for s in 0..m {
+        for j in 0..d {
+            if s >> j & 1 == 1 {
+                masks[s * d + j] = 1.0;
+            }
+        }
+    }
+    let v = vf.values(x, &masks)?;
+    // w(s) = s!(d−s−1)!/d! = 1 / (d · C(d−1, s)).
+    let mut binom = vec![1f64; d];
+    for s in 1..d {
+        binom[s] = binom[s - 1] * (d - s) as f64 / s as f64;
+    }
+    let w: Vec<f64> = binom.iter().map(|c| 1.0 / (d as f64 * c)).collect();
+    let mut phi = vec![0f64; d];
+    for s in 0..m {
+        let size = (s as u64).count_ones() as usize;
+        for (i, p) in phi.iter_mut().enumerate() {
+            if s >> i & 1 == 0 {
+                *p += w[size] * (v[s | 1 << i] - v[s]);
+            }
+        }
+    }
+    Ok(finish(phi, v[0], v[m - 1], None))
+}
+
+/// `samples` coalitions from the Shapley kernel, in complementary pairs.
+pub fn kernel_masks(d: usize, samples: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    // P(size = s) ∝ 1/(s(d−s)), s = 1..d−1.
+    let p: Vec<f64> = (1..d).map(|s| 1.0 / (s * (d - s)) as f64).collect();
+    let total: f64 = p.iter().sum();
+    let mut idx: Vec<usize> = (0..d).collect();
+    let mut masks = Vec::with_capacity(samples * d);
+    for _ in 0..samples / 2 {
+        let mut r = rng.random::<f64>() * total;
+        let mut size = d - 1;
+        for (k, pk) in p.iter().enumerate() {
+            if r < *pk {
+                size = k + 1;
+                break;
+            }
+            r -= pk;
+        }
+        // A uniform subset of that size (partial Fisher–Yates).
+        for k in 0..size {
+            let j = rng.random_range(k..d);
+            idx.swap(k, j);
+        }
+        let mut mask = vec![0f32; d];
+        for &j in &idx[..size] {
+            mask[j] = 1.0;
+        }
+        masks.extend_from_slice(&mask);
+        masks.extend(mask.iter().map(|b| 1.0 - b));
+    }
+    masks
+}
+
+/// KernelSHAP with paired samples and the efficiency constraint.
+pub fn kernel(
+    vf: &mut dyn ValueFunction,
+    x: &[f32],
+    samples: usize,
+    seed: u64,
+) -> Result<Explanation> {
+    let d = vf.d();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut masks = vec![0f32; d];
+    masks.extend(std::iter::repeat_n(1f32, d));
+    masks.extend(kernel_masks(d, samples, &mut rng));
+    let v = vf.values(x, &masks)?;
+    let (base, fx) = (v[0], v[1]);
+    let z = &masks[2 * d..];
+    let y: Vec<f64> = v[2..].iter().map(|vs| vs - base).collect();
+    let pairs = samples / 2;
+    let phi = constrained_fit(z, &y, d, fx - base, 0..pairs)?;
+    let groups = GROUPS.min(pairs / d.max(1));
+    let stderr = (groups >= 2).then(|| {
+        let per = pairs / groups;
+        let fits: Vec<Vec<f64>> = (0..groups)
+            .filter_map(|g| constrained_fit(z, &y, d, fx - base, g * per..(g + 1) * per).ok())
+            .collect();
+        let g = fits.len() as f64;
+        (0..d)
+            .map(|i| {
+                let mean = fits.iter().map(|f| f[i]).sum::<f64>() / g;
+                let var = fits.iter().map(|f| (f[i] - mean).powi(2)).sum::<f64>() / (g - 1.0);
+                (var / g).sqrt()
+            })
+            .collect()
+    });
+    Ok(finish(phi, base, fx, stderr))
+}
+
+/// min Σ_j (y_j − z_jᵀφ)² subject to Σφ = total, over the sample pairs `pairs` (each pair is
+/// two consecutive rows of `z`).
+fn constrained_fit(
+    z: &[f32],
+    y: &[f64],
+    d: usize,
+    total: f64,
+    pairs: std::ops::Range<usize>,
+) -> Result<Vec<f64>> {
+    let mut a = vec![0f64; d * d];
+    let mut b = vec![0f64; d];
+    for j in pairs.start * 2..pairs.end * 2 {
+        let zj = &z[j * d..(j + 1) * d];
+        for p in 0..d {
+            if zj[p] == 0.0 {
+                continue;
+            }
+            b[p] += y[j];
+            for q in 0..d {
+                if zj[q] != 0.0 {
+                    a[p * d + q] += 1.0;
+                }
+            }
+        }
+    }
+    // A tiny ridge keeps A positive definite when a feature was (almost) never sampled.
+    let trace: f64 = (0..d).map(|p| a[p * d + p]).sum();
+    for p in 0..d {
+        a[p * d + p] += 1e-10 * trace.max(1.0);
+    }
+    let l = cholesky(&a, d).ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!(
+            "KernelSHAP: the coalition matrix is singular (too few samples for {d} features)"
+        ))
+    })?;
+    let ainv_b = solve(&l, d, &b);
+    let ainv_1 = solve(&l, d, &vec![1.0; d]);
+    let lambda = (ainv_b.iter().sum::<f64>() - total) / ainv_1.iter().sum::<f64>();
+    Ok((0..d).map(|i| ainv_b[i] - lambda * ainv_1[i]).collect())
+}
+
+/// Lower-triangular L with A = L·Lᵀ, or None when A is not positive definite.
+fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0f64; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
+            if i == j {
+                let v = a[i * d + i] - s;
+                if v <= 0.0 || !v.is_finite() {
+                    return None;
+                }
+                l[i * d + j] = v.sqrt();
+            } else {
+                l[i * d + j] = (a[i * d + j] - s) / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+fn solve(l: &[f64], d: usize, b: &[f64]) -> Vec<f64> {
+    let mut y = vec![0f64; d];
+    for i in 0..d {
+        let s: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+        y[i] = (b[i] - s) / l[i * d + i];
+    }
+    let mut x = vec![0f64; d];
+    for i in (0..d).rev() {
+        let s: f64 = (i + 1..d).map(|k| l[k * d + i] * x[k]).sum();
+        x[i] = (y[i] - s) / l[i * d + i];
+    }
+    x
+}
+
+/// Coalitions per ONNX Runtime call (EMSHAP's intermediates are rows·K·d·128 floats).
+const BATCH: usize = 256;
+
+/// v(S) through the ONNX graphs: EMSHAP imputes the features outside S (its `imputed`
+/// output, the importance-weighted conditional mean of DESIGN §4), the power model scores the
+/// completed row. Each row gets its own proposal randomness (`reseed`), shared by all its
+/// coalitions (common random numbers: differences between coalitions are not noise).
+pub struct OnnxValue {
+    power: Session,
+    emshap: Session,
+    d: usize,
+    k: usize,
+    z: Vec<f32>,
+    u: Vec<f32>,
+}
+
+impl OnnxValue {
+    pub fn new(power: &[u8], emshap: &[u8], d: usize, k: usize, threads: usize) -> Result<Self> {
+        let mut v = Self {
+            power: Session::new(power, threads)?,
+            emshap: Session::new(emshap, threads)?,
+            d,
+            k,
+            z: Vec::new(),
+            u: Vec::new(),
+        };
+        v.reseed(0);
+        Ok(v)
+    }
+
+    /// The proposal randomness for the next row.
+    pub fn reseed(&mut self, seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = self.k * self.d;
+        self.u = (0..n).map(|_| rng.random::<f32>()).collect();
+        self.z = (0..n)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+    }
+}
+
+impl ValueFunction for OnnxValue {
+    fn d(&self) -> usize {
+        self.d
+    }
+
+    fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>> {
+        let (d, k) = (self.d, self.k);
+        let m = masks.len() / d;
+        let mut out = Vec::with_capacity(m);
+        for start in (0..m).step_by(BATCH) {
+            let len = BATCH.min(m - start);
+            let rep = |v: &[f32], times: usize| -> Vec<f32> {
+                let mut r = Vec::with_capacity(v.len() * times);
+                for _ in 0..times {
+                    r.extend_from_slice(v);
+                }
+                r
+            };
+            let t = |shape: Vec<usize>, data: Vec<f32>| Tensor { shape, data };
+            let imputed = self
+                .emshap
+                .run(vec![
+                    ("features", t(vec![len, d], rep(x, len))),
+                    (
+                        "observed",
+                        t(vec![len, d], masks[start * d..(start + len) * d].to_vec()),
+                    ),
+                    ("noise", t(vec![len, k, d], rep(&self.z, len))),
+                    ("component_u", t(vec![len, k, d], rep(&self.u, len))),
+                ])?
+                .into_iter()
+                .find(|(name, _)| name == "imputed")
+                .ok_or_else(|| {
+                    Error::usage(
+                        "--models",
+                        "the EMSHAP model has no `imputed` output (DESIGN §5)",
+                    )
+                })?
+                .1;
+            let f = self
+                .power
+                .run(vec![("features", imputed)])?
+                .swap_remove(0)
+                .1;
+            out.extend(f.data.iter().map(|&p| f64::from(p)));
+        }
+        Ok(out)
+    }
+}
+
+/// The feature names an exported model was trained on (its `feature_names` metadata).
+pub fn feature_names(model: &[u8], path: &Path) -> Result<Vec<String>> {
+    use prost::Message;
+    let proto = crate::proto::onnx::ModelProto::decode(model).map_err(|e| {
+        Error::usage(
+            "--models",
+            format!("{} is not an ONNX model: {e}", path.display()),
+        )
+    })?;
+    proto
+        .metadata_props
+        .iter()
+        .find(|p| p.key == "feature_names")
+        .map(|p| p.value.split(',').map(String::from).collect())
+        .ok_or_else(|| {
+            Error::usage(
+                "--models",
+                format!(
+                    "{} has no feature_names metadata (export it with emshap-ci train)",
+                    path.display()
+                ),
+            )
+        })
+}
+
+/// `explain`'s settings.
+#[derive(Debug, Clone)]
+pub struct ExplainSettings {
+    pub models: std::path::PathBuf,
+    pub rows: std::path::PathBuf,
+    pub out: std::path::PathBuf,
+    pub exact: bool,
+    pub samples: Option<usize>,
+    /// EMSHAP proposal samples K per imputation.
+    pub proposals: usize,
+    pub seed: u64,
+    pub threads: usize,
+}
+
+/// The output of `explain` (and the rows of the global attribution).
+#[derive(Debug, Clone, Serialize)]
+pub struct Attributions {
+    pub format: String,
+    pub features: Vec<String>,
+    #[serde(flatten)]
+    pub method: Method,
+    pub proposals: usize,
+    pub seed: u64,
+    pub rows_from: String,
+    pub rows: Vec<Explanation>,
+    pub seconds: f64,
+}
+
+/// The model pair `explain` needs from a models folder: both ONNX files, the features.
+pub fn load_models(dir: &Path) -> Result<(Vec<u8>, Vec<u8>, Vec<String>)> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::usage(
+                    "--models",
+                    format!(
+                        "{} not found (train both models first: emshap-ci train power / train emshap --out {})",
+                        path.display(),
+                        dir.display()
+                    ),
+                )
+            } else {
+                Error::read(&path, e)
+            }
+        })
+    };
+    let power = read(crate::train::POWER_ONNX)?;
+    let emshap = read(crate::train::EMSHAP_ONNX)?;
+    let features = feature_names(&power, &dir.join(crate::train::POWER_ONNX))?;
+    let other = feature_names(&emshap, &dir.join(crate::train::EMSHAP_ONNX))?;
+    if features != other {
+        return Err(Error::usage(
+            "--models",
+            format!(
+                "{} and {} were trained on different features",
+                crate::train::POWER_ONNX,
+                crate::train::EMSHAP_ONNX
+            ),
+        ));
+    }
+    Ok((power, emshap, features))
+}
+
+/// Explains `n` rows (row-major raw values) with the models' pair.
+#[allow(clippy::too_many_arguments)]
+pub fn explain_rows(
+    power: &[u8],
+    emshap: &[u8],
+    features: Vec<String>,
+    x: &[f32],
+    method: Method,
+    proposals: usize,
+    seed: u64,
+    threads: usize,
+    rows_from: String,
+    progress: &crate::progress::Progress,
+) -> Result<Attributions> {
+    let started = std::time::Instant::now();
+    let d = features.len();
+    let mut vf = OnnxValue::new(power, emshap, d, proposals, threads)?;
+    let n = x.len() / d;
+    progress.set_total(n as u64, "rows");
+    let mut rows = Vec::with_capacity(n);
+    for (r, row) in x.chunks(d).enumerate() {
+        let row_seed = seed.wrapping_add(r as u64);
+        vf.reseed(row_seed);
+        rows.push(explain_row(&mut vf, row, method, row_seed)?);
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok(Attributions {
+        format: "emshap-ci.explain/1".into(),
+        features,
+        method,
+        proposals,
+        seed,
+        rows_from,
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `emshap-ci explain`: reads the rows, explains them, writes JSON or CSV.
+pub fn explain(s: &ExplainSettings, progress: &crate::progress::Progress) -> Result<Attributions> {
+    let out_ext = s
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if out_ext != "json" && out_ext != "csv" {
+        return Err(Error::usage(
+            "--out",
+            format!("{}: name a .json or .csv file", s.out.display()),
+        ));
+    }
+    let (power, emshap, features) = load_models(&s.models)?;
+    let scaler_path = s.models.join(crate::pull::snapshot::SCALER_FILE);
+    let scaler = scaler_path
+        .is_file()
+        .then(|| crate::pull::snapshot::Scaler::load(&scaler_path))
+        .transpose()?;
+    let rows = crate::rows::read(&s.rows, &features, scaler.as_ref())?;
+    let method = choose(features.len(), s.exact, s.samples)?;
+    let from = format!("{} ({})", s.rows.display(), rows.note);
+    let a = explain_rows(
+        &power,
+        &emshap,
+        features,
+        &rows.x,
+        method,
+        s.proposals,
+        s.seed,
+        s.threads,
+        from,
+        progress,
+    )?;
+    let bytes = if out_ext == "json" {
+        let mut b = serde_json::to_vec_pretty(&a).map_err(|e| Error::Internal(e.into()))?;
+        b.push(b'\n');
+        b
+    } else {
+        to_csv(&a).into_bytes()
+    };
+    crate::rows::write_atomic(&s.out, &bytes)?;
+    Ok(a)
+}
+
+/// One line per row: row, f_x, base_value, efficiency_gap, phi_<feature>… (and
+/// stderr_<feature>… for KernelSHAP).
+pub fn to_csv(a: &Attributions) -> String {
+    let kernel = a.rows.iter().any(|r| r.stderr.is_some());
+    let mut head = vec![
+        "row".to_string(),
+        "f_x".into(),
+        "base_value".into(),
+        "efficiency_gap".into(),
+    ];
+    head.extend(a.features.iter().map(|f| format!("phi_{f}")));
+    if kernel {
+        head.extend(a.features.iter().map(|f| format!("stderr_{f}")));
+    }
+    let mut out = head.join(",") + "\n";
+    for (i, r) in a.rows.iter().enumerate() {
+        let mut cells = vec![
+            i.to_string(),
+            r.f_x.to_string(),
+            r.base_value.to_string(),
+            r.efficiency_gap.to_string(),
+        ];
+        cells.extend(r.phi.iter().map(f64::to_string));
+        if let Some(se) = &r.stderr {
+            cells.extend(se.iter().map(f64::to_string));
+        }
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The global attribution `evaluate` records: mean |φ| per feature over explained rows, and
+/// the largest efficiency gap among them.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Global {
+    pub rows: usize,
+    pub method: String,
+    pub proposals: usize,
+    pub mean_abs_phi: std::collections::BTreeMap<String, f64>,
+    /// Mean f(x) − v(∅) over the rows (what the φ add up to, on average).
+    pub mean_prediction_minus_base: f64,
+    pub efficiency_gap: f64,
+    pub seconds: f64,
+}
+
+pub fn global(a: &Attributions) -> Global {
+    let n = a.rows.len().max(1) as f64;
+    let mean_abs_phi = a
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                f.clone(),
+                a.rows.iter().map(|r| r.phi[i].abs()).sum::<f64>() / n,
+            )
+        })
+        .collect();
+    Global {
+        rows: a.rows.len(),
+        method: a.method.to_string(),
+        proposals: a.proposals,
+        mean_abs_phi,
+        mean_prediction_minus_base: a.rows.iter().map(|r| r.f_x - r.base_value).sum::<f64>() / n,
+        efficiency_gap: a.rows.iter().map(|r| r.efficiency_gap).fold(0.0, f64::max),
+        seconds: a.seconds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// v(S) = f(x_S, mean_S̄) for a closure f: the value function of a model with
+    /// independent features, whose conditional mean is the plain mean.
+    struct Independent<F: Fn(&[f64]) -> f64> {
+        mean: Vec<f64>,
+        f: F,
+    }
+
+    impl<F: Fn(&[f64]) -> f64> ValueFunction for Independent<F> {
+        fn d(&self) -> usize {
+            self.mean.len()
+        }
+        fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>> {
+            let d = self.d();
+            Ok(masks
+                .chunks(d)
+                .map(|m| {
+                    let row: Vec<f64> = (0..d)
+                        .map(|j| {
+                            if m[j] > 0.5 {
+                                f64::from(x[j])
+                            } else {
+                                self.mean[j]
+                            }
+                        })
+                        .collect();
+                    (self.f)(&row)
+                })
+                .collect())
+        }
+    }
+
+    fn linear(w: Vec<f64>, mean: Vec<f64>) -> Independent<impl Fn(&[f64]) -> f64> {
+        Independent {
+            mean,
+            f: move |r: &[f64]| 3.0 + r.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// φ_i = w_i (x_i − E[x_i]), exactly, by both methods (a linear v leaves KernelSHAP
+        /// nothing to estimate); efficiency holds.
+        #[test]
+        fn a_linear_model_gets_w_times_x_minus_mean(
+            (w, mean, x) in (2usize..10).prop_flat_map(|d| (
+                prop::collection::vec(-5.0f64..5.0, d),
+                prop::collection::vec(-2.0f64..2.0, d),
+                prop::collection::vec(-3.0f32..3.0, d),
+            )),
+            seed in 0u64..1000,
+        ) {
+            let d = w.len();
+            let want: Vec<f64> = (0..d).map(|i| w[i] * (f64::from(x[i]) - mean[i])).collect();
+            let mut vf = linear(w, mean);
+            for method in [Method::Exact, Method::Kernel { samples: 4 * d + 2 * (d % 2) + 8 }] {
+                let e = explain_row(&mut vf, &x, method, seed).unwrap();
+                for i in 0..d {
+                    prop_assert!((e.phi[i] - want[i]).abs() < 1e-6, "{method}: φ {:?} want {want:?}", e.phi);
+                }
+                prop_assert!(e.efficiency_gap < 1e-9);
+            }
+        }
+    }
+
+    /// A model with interactions: KernelSHAP agrees with enumeration within its sampling
+    /// error, efficiency is exact, an ignored feature gets ≈ 0 and symmetric features equal φ.
+    #[test]
+    fn kernel_shap_matches_enumeration_and_the_axioms_hold() {
+        let d = 10;
+        // x0 and x1 enter symmetrically; x9 is ignored.
+        let f = |r: &[f64]| {
+            r[0] * r[1] + (r[0] + r[1]).powi(2) + 2.0 * r[2] * r[3] * r[4] - r[5].abs() * r[6]
+                + r[7].sin()
+                + 0.5 * r[8]
+        };
+        let mean = vec![0.1; d];
+        let x: Vec<f32> = vec![1.5, 1.5, -1.0, 0.5, 2.0, -1.2, 0.7, 0.3, 2.5, 9.0];
+        let mut vf = Independent {
+            mean: mean.clone(),
+            f,
+        };
+        let ex = exact(&mut vf, &x).unwrap();
+        assert!(ex.efficiency_gap < 1e-9, "{ex:?}");
+        assert!(ex.phi[9].abs() < 1e-12, "null feature: {ex:?}");
+        assert!((ex.phi[0] - ex.phi[1]).abs() < 1e-9, "symmetry: {ex:?}");
+        let ks = kernel(&mut vf, &x, 4096, 7).unwrap();
+        assert!(ks.efficiency_gap < 1e-9, "{ks:?}");
+        let se = ks.stderr.clone().unwrap();
+        for i in 0..d {
+            let err = (ks.phi[i] - ex.phi[i]).abs();
+            // Within 4 estimated standard errors (and the estimate is not absurdly loose).
+            assert!(
+                err <= 4.0 * se[i] + 1e-9,
+                "φ{i}: {} vs {} (se {})",
+                ks.phi[i],
+                ex.phi[i],
+                se[i]
+            );
+            assert!(se[i] < 0.2, "φ{i} se {}", se[i]);
+        }
+        assert!(
+            ks.phi[9].abs() <= 4.0 * se[9] + 1e-9,
+            "null feature: {ks:?}"
+        );
+        // More samples, smaller error.
+        let coarse = kernel(&mut vf, &x, 256, 7).unwrap();
+        let err = |e: &Explanation| -> f64 {
+            e.phi
+                .iter()
+                .zip(&ex.phi)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        assert!(err(&ks) < err(&coarse), "{} vs {}", err(&ks), err(&coarse));
+    }
+
+    #[test]
+    fn kernel_masks_are_paired_and_never_empty_or_full() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let d = 20;
+        let m = kernel_masks(d, 200, &mut rng);
+        assert_eq!(m.len(), 200 * d);
+        for pair in m.chunks(2 * d) {
+            let (a, b) = pair.split_at(d);
+            let size: f32 = a.iter().sum();
+            assert!(size >= 1.0 && size <= (d - 1) as f32);
+            assert!(a.iter().zip(b).all(|(p, q)| p + q == 1.0));
+        }
+    }
+
+    #[test]
+    fn the_method_follows_d_and_the_flags() {
+        assert_eq!(choose(12, false, None).unwrap(), Method::Exact);
+        assert_eq!(
+            choose(20, false, None).unwrap(),
+            Method::Kernel {
+                samples: DEFAULT_SAMPLES
+            }
+        );
+        assert_eq!(
+            choose(5, false, Some(64)).unwrap(),
+            Method::Kernel { samples: 64 }
+        );
+        assert!(choose(20, true, None).is_err());
+        assert!(choose(20, false, Some(21)).is_err());
+        assert!(choose(20, false, Some(10)).is_err());
+    }
+}
