@@ -77,6 +77,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "pull", "ok": true, "report": report}),
             })
         }
+        Command::Run(args) => crate::run::run(&cli.global, args),
         Command::Explain(args) => {
             let s = crate::explain::ExplainSettings {
                 models: args.models.clone().unwrap_or_else(|| "work/models".into()),

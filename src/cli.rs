@@ -7,6 +7,7 @@ pub mod generate;
 pub mod github;
 pub mod pull;
 pub mod report;
+pub mod run;
 pub mod store;
 pub mod train;
 
@@ -87,4 +88,7 @@ pub enum Command {
     Comment(github::CommentArgs),
     /// Start the deploy workflow (workflow_dispatch) with the version's sha and manifest URI.
     Dispatch(github::DispatchArgs),
+    /// The whole chain for a mode: pr (pull → train → evaluate → report → comment), main
+    /// (… → publish → promote on pass → dispatch) or retrain; --resume skips what is done.
+    Run(run::RunArgs),
 }

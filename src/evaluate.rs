@@ -26,6 +26,8 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const SEED: u64 = 0x5eed_0007;
 pub const MASK_RATE: f64 = 0.5;
 pub const PROPOSALS: usize = 20;
+/// Test rows the global attribution is computed on by default.
+pub const ATTRIBUTION_ROWS: usize = 16;
 /// Rows per ONNX Runtime call for the power model: the fastest of 1k–1M on 1M test rows
 /// (examples/bench_score.rs, BENCHMARKS.md); larger batches spill out of the caches.
 const POWER_BATCH: usize = 8_192;
@@ -44,6 +46,8 @@ pub struct EvaluateSettings {
     pub force: Option<String>,
     pub out: PathBuf,
     pub emshap_rows: usize,
+    /// Test rows explained for the global attribution (0: none).
+    pub attribution_rows: usize,
     pub threads: usize,
 }
 
@@ -79,6 +83,10 @@ pub struct Metrics {
     pub snapshot_sha256: String,
     /// sha256 of the candidate's ONNX files.
     pub models: BTreeMap<String, String>,
+    /// The candidate's global attribution (mean |φ| per feature) on the first test rows,
+    /// with its efficiency gap (DESIGN §6); absent when disabled or a model is missing.
+    #[serde(default)]
+    pub attribution: Option<crate::explain::Global>,
     pub seconds: f64,
 }
 
@@ -275,6 +283,39 @@ fn resolve_baseline(s: &EvaluateSettings) -> Result<Baseline> {
     }
 }
 
+/// The candidate's Shapley values on the first `attribution_rows` test rows (fixed: the same
+/// rows and draws every run), summarised as mean |φ| per feature.
+fn attribute(
+    s: &EvaluateSettings,
+    rows: &Rows,
+    features: &[String],
+) -> Result<Option<crate::explain::Global>> {
+    let n = rows.n.min(s.attribution_rows);
+    let (Some(power), Some(emshap)) = (
+        read_model(&s.models, POWER_ONNX)?,
+        read_model(&s.models, EMSHAP_ONNX)?,
+    ) else {
+        return Ok(None);
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    let method = crate::explain::choose(rows.d, false, None)?;
+    let a = crate::explain::explain_rows(
+        &power,
+        &emshap,
+        features.to_vec(),
+        &rows.raw[..n * rows.d],
+        method,
+        PROPOSALS,
+        SEED,
+        s.threads,
+        format!("the first {n} test rows"),
+        &crate::progress::Progress::new("attribution", true),
+    )?;
+    Ok(Some(crate::explain::global(&a)))
+}
+
 /// Runs the evaluation; writes metrics.json also when the gate fails (then returns
 /// `Error::GateFailed`, exit 1).
 pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
@@ -331,6 +372,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         ),
         (None, false) => ("fail", None),
     };
+    let attribution = attribute(s, &rows, &snap.dataset.features)?;
     let mut n_rows = BTreeMap::new();
     n_rows.insert("power".to_string(), rows.n);
     n_rows.insert("emshap".to_string(), rows.n.min(s.emshap_rows));
@@ -350,6 +392,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         proposals: PROPOSALS,
         snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
         models,
+        attribution,
         seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(&s.out).map_err(|e| Error::write(&s.out, e))?;

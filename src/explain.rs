@@ -700,6 +700,7 @@ mod tests {
     /// A model with interactions: KernelSHAP agrees with enumeration within its sampling
     /// error, efficiency is exact, an ignored feature gets ≈ 0 and symmetric features equal φ.
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn kernel_shap_matches_enumeration_and_the_axioms_hold() {
         let d = 10;
         // x0 and x1 enter symmetrically; x9 is ignored.

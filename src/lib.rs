@@ -21,6 +21,7 @@ pub mod proto;
 pub mod pull;
 pub mod report;
 pub mod rows;
+pub mod run;
 pub mod schema;
 pub mod settings;
 pub mod store;

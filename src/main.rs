@@ -36,7 +36,12 @@ fn main() {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ");
-    let result = gha.group(&format!("emshap-ci {name}"), || app::run(&cli));
+    // `run` opens a group per stage itself (groups do not nest).
+    let result = if matches!(cli.command, emshap_ci::cli::Command::Run(_)) {
+        app::run(&cli)
+    } else {
+        gha.group(&format!("emshap-ci {name}"), || app::run(&cli))
+    };
     if let Err(e) = &result {
         gha.error(&format!("emshap-ci {name}: {}", e.kind()), &e.to_string());
     }

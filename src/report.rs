@@ -282,6 +282,34 @@ fn curves_section(h: &History) -> String {
     s
 }
 
+/// The top features by mean |φ| as a mermaid bar chart, with the efficiency check.
+fn attribution_section(g: &crate::explain::Global) -> String {
+    let mut top: Vec<(&String, f64)> = g.mean_abs_phi.iter().map(|(k, v)| (k, *v)).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(10);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### Attribution\n\nMean |φ| (watts) per feature over {} test rows ({}, {} proposals per \
+         imputation); the φ of a row add up to its prediction minus the base value (on average \
+         {} W), off by at most {} (efficiency).\n",
+        g.rows,
+        g.method,
+        g.proposals,
+        num(g.mean_prediction_minus_base),
+        num(g.efficiency_gap)
+    );
+    let names: Vec<String> = top.iter().map(|(k, _)| format!("\"{k}\"")).collect();
+    let values: Vec<String> = top.iter().map(|(_, v)| num(*v)).collect();
+    let _ = writeln!(
+        s,
+        "```mermaid\nxychart-beta\n    title \"top features by mean |φ|\"\n    x-axis [{}]\n    y-axis \"watts\"\n    bar [{}]\n```",
+        names.join(", "),
+        values.join(", ")
+    );
+    s
+}
+
 /// The report, at most `limit` bytes.
 pub fn render(input: &Input, limit: usize) -> String {
     let mut head = String::new();
@@ -298,6 +326,9 @@ pub fn render(input: &Input, limit: usize) -> String {
     head.push_str(&tables_section(m));
     // The rest, most important first; dropped from the end to fit.
     let mut rest: Vec<(&str, String)> = Vec::new();
+    if let Some(g) = &m.attribution {
+        rest.push(("attribution", attribution_section(g)));
+    }
     if let Some(l) = links_section(input) {
         rest.push(("links", format!("\n{l}")));
     }
@@ -378,6 +409,7 @@ mod tests {
             production: prod,
             checks,
             force: None,
+            attribution: None,
             rows: [("power".to_string(), 1000)].into(),
             seed: 1,
             mask_rate: 0.5,

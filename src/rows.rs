@@ -204,8 +204,8 @@ fn read_parquet(path: &Path, features: &[String], scaler: Option<&Scaler>) -> Re
             cols_f64.push(v);
         }
         for i in 0..batch.num_rows() {
-            for (j, name) in features.iter().enumerate() {
-                let mut v = cols_f64[j][i];
+            for (j, (name, col)) in features.iter().zip(&cols_f64).enumerate() {
+                let mut v = col[i];
                 if let Some(s) = unscale {
                     v = v * s.std[j] + s.mean[j];
                 }

@@ -43,6 +43,7 @@ pub struct EvaluateSection {
     pub gate: Option<PathBuf>,
     pub out: Option<PathBuf>,
     pub emshap_rows: Option<usize>,
+    pub attribution_rows: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -628,6 +629,10 @@ pub fn resolve_evaluate(
             args.emshap_rows.or(e.emshap_rows).unwrap_or(4096),
             1 << 30,
         )?,
+        attribution_rows: args
+            .attribution_rows
+            .or(e.attribution_rows)
+            .unwrap_or(crate::evaluate::ATTRIBUTION_ROWS),
         threads: positive("--threads", threads, 1024)?,
     })
 }

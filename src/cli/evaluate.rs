@@ -45,6 +45,11 @@ pub struct EvaluateArgs {
     #[arg(long, env = "EMSHAP_CI_EMSHAP_ROWS")]
     pub emshap_rows: Option<usize>,
 
+    /// Test rows explained with Shapley values for the global attribution in metrics.json
+    /// and the report (default 16; 0: none).
+    #[arg(long, env = "EMSHAP_CI_ATTRIBUTION_ROWS")]
+    pub attribution_rows: Option<usize>,
+
     /// Threads for ONNX Runtime (default: the number of cores).
     #[arg(long, env = "EMSHAP_CI_THREADS")]
     pub threads: Option<usize>,
