@@ -85,6 +85,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 out: args.out.clone(),
                 exact: args.exact,
                 samples: args.samples,
+                limit: args.limit,
                 proposals: args.proposals.unwrap_or(crate::evaluate::PROPOSALS),
                 seed: args.seed.unwrap_or(7),
                 threads: args

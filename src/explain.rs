@@ -416,6 +416,8 @@ pub struct ExplainSettings {
     pub out: std::path::PathBuf,
     pub exact: bool,
     pub samples: Option<usize>,
+    /// Only the first this many rows.
+    pub limit: Option<usize>,
     /// EMSHAP proposal samples K per imputation.
     pub proposals: usize,
     pub seed: u64,
@@ -531,7 +533,11 @@ pub fn explain(s: &ExplainSettings, progress: &crate::progress::Progress) -> Res
         .is_file()
         .then(|| crate::pull::snapshot::Scaler::load(&scaler_path))
         .transpose()?;
-    let rows = crate::rows::read(&s.rows, &features, scaler.as_ref())?;
+    let mut rows = crate::rows::read(&s.rows, &features, scaler.as_ref())?;
+    if let Some(n) = s.limit.filter(|&n| n < rows.n) {
+        rows.x.truncate(n * features.len());
+        rows.n = n;
+    }
     let method = choose(features.len(), s.exact, s.samples)?;
     let from = format!("{} ({})", s.rows.display(), rows.note);
     let a = explain_rows(

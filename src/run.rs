@@ -412,10 +412,20 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         let reason = args.reason.clone().unwrap_or_default();
         eval_argv.extend(["--force".into(), "--reason".into(), reason]);
     }
+    // The gate rules are an input too (their file's bytes, not just its name).
+    let config = crate::settings::ConfigFile::load(global.config.as_deref())?;
+    let gate_file = std::env::var_os("EMSHAP_CI_GATE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or(config.evaluate.gate.clone());
+    let mut eval_inputs = vec![data.as_path(), models.as_path()];
+    if let Some(g) = &gate_file {
+        eval_inputs.push(g.as_path());
+    }
     let gate = step!(
         "evaluate",
         eval_argv,
-        Some((&[data.as_path(), models.as_path()][..], &pointer[..])),
+        Some((&eval_inputs[..], &pointer[..])),
         &[Outputs {
             dir: &eval,
             prefixes: &[

@@ -16,6 +16,10 @@ pub struct ExplainArgs {
     #[arg(long, env = "EMSHAP_CI_ROWS")]
     pub rows: PathBuf,
 
+    /// Explain only the first N rows.
+    #[arg(long, env = "EMSHAP_CI_LIMIT")]
+    pub limit: Option<usize>,
+
     /// Where to write the attributions: .json or .csv.
     #[arg(long, env = "EMSHAP_CI_EXPLAIN_OUT")]
     pub out: PathBuf,

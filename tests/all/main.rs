@@ -14,6 +14,8 @@ mod harness;
 mod onnx_python;
 mod pull_file;
 mod pull_kafka;
+#[cfg(feature = "torch")]
+mod run;
 mod s3;
 mod smoke;
 #[cfg(feature = "torch")]
