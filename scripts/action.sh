@@ -7,10 +7,10 @@
 #   main     pull → train both → evaluate → report → publish → promote on pass → dispatch
 #   retrain  main, with the workflow_dispatch inputs (window, force + reason)
 #
-# The binary writes the step outputs (verdict, sha, manifest_uri, comment_url), the job
-# summary, the annotations and the log groups. A failed gate still publishes the report
-# (and, on main, the version, so the failure can be inspected) and then fails the step with
-# exit 1; a bad model never reaches promote.
+# `emshap-ci run` chains them and writes the step outputs (verdict, sha, manifest_uri,
+# comment_url), the job summary, the annotations and a log group per stage. A failed gate
+# still publishes the report (and, on main, the version, so the failure can be inspected)
+# and then fails the step with exit 1; a bad model never reaches promote.
 set -euo pipefail
 bin=${EMSHAP_CI_BIN:?EMSHAP_CI_BIN must name the emshap-ci binary}
 if [ -n "${EMSHAP_CI_ENV_FILE:-}" ]; then
@@ -31,37 +31,12 @@ done
 if [ -n "${EMSHAP_CI_BROKERS:-}" ]; then
   export EMSHAP_CI_SOURCE="kafka:${EMSHAP_CI_KAFKA_TOPIC:-raw_metrics}"
 fi
-work=${EMSHAP_CI_WORK:-work}
-export EMSHAP_CI_DATA="$work/data" EMSHAP_CI_MODELS="$work/models" EMSHAP_CI_EVAL="$work/eval"
 if [ "${EMSHAP_CI_FORCE:-false}" != true ]; then unset EMSHAP_CI_FORCE; fi
 if [ "$mode" = pr ]; then
   # A pull request never forces and never moves production.
   unset EMSHAP_CI_FORCE EMSHAP_CI_REASON
+elif [ -z "${EMSHAP_CI_STORE:-}" ]; then
+  echo "::warning title=emshap-ci::no store configured: the version goes to work/store on this runner only"
 fi
-
-"$bin" pull
-"$bin" train power
-"$bin" train emshap
-gate=0
-"$bin" evaluate || gate=$?
-[ "$gate" = 0 ] || [ "$gate" = 1 ] || exit "$gate"
-
-"$bin" report --summary
-
-if [ "$mode" = pr ]; then
-  if [ -n "${GITHUB_TOKEN:-}" ]; then "$bin" comment; fi
-  exit "$gate"
-fi
-
-if [ -n "${EMSHAP_CI_STORE:-}" ]; then
-  "$bin" publish
-  [ "$gate" = 0 ] || exit "$gate"
-  "$bin" promote
-  # dispatch checks that this sha is production before it starts the deploy.
-  if [ -n "${GITHUB_TOKEN:-}" ] && [ -n "${EMSHAP_CI_DEPLOY_WORKFLOW:-}" ]; then
-    "$bin" dispatch
-  fi
-else
-  echo "::warning title=emshap-ci::no store configured: nothing published or promoted"
-fi
-exit "$gate"
+# `run` reads the mode, store, sha, force and reason from EMSHAP_CI_* and GITHUB_*.
+exec "$bin" run
