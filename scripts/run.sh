@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: sets up (scripts/setup.sh), builds the release
-# binary with libtorch, pulls the bundled telemetry fixture into a snapshot under work/,
-# and trains both models into work/models (ONNX files proven against libtorch). No Kafka,
-# S3 or GitHub needed. Extra arguments go to `emshap-ci pull`, e.g. --source file:PATH.
+# The main job on the embedded defaults, on a fresh machine: sets up (scripts/setup.sh:
+# libtorch and ONNX Runtime from their PyPI wheels, cached), builds the release binary, then
+# `emshap-ci run --mode main`: pulls the bundled telemetry, trains both models, evaluates them
+# against production in the local store work/store (none on the first run), prints the report
+# (also in work/eval/report.md), publishes the version under work/store/versions/ and
+# promotes it if the gate passes. No Kafka, S3 or GitHub needed. Run it again to see the new
+# candidate (challenger) scored against the one just promoted (champion) on the same rows.
+# Extra arguments go to `emshap-ci run` (e.g. --resume, --work DIR, --store s3://...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 env_file=$(scripts/setup.sh)
 # shellcheck disable=SC1090
 source "$env_file"
-started=$(date +%s)
+command -v cargo >/dev/null || {
+  echo "run.sh: cargo is not installed: install Rust (https://rustup.rs), then run this again" >&2
+  exit 2
+}
+echo "run.sh: building emshap-ci (release, with libtorch; the first build takes several minutes)" >&2
 cargo build --release --locked --quiet --features torch
-bin=./target/release/emshap-ci
-$bin pull --out work/data "$@"
-$bin train power --data work/data --out work/models
-$bin train emshap --data work/data --out work/models
-echo "done in $(($(date +%s) - started)) s: snapshot in work/data (lineage: work/data/dataset.json), models in work/models"
+status=0
+./target/release/emshap-ci run --mode main "$@" || status=$?
+echo "run.sh: $(($(date +%s) - started)) s in all, set-up and build included (exit $status)" >&2
+exit $status

@@ -310,6 +310,30 @@ fn attribution_section(g: &crate::explain::Global) -> String {
     s
 }
 
+/// What each model was trained on: rows (a seeded sample when fewer than the train split)
+/// and device.
+fn training_line(input: &Input) -> Option<String> {
+    if input.histories.is_empty() {
+        return None;
+    }
+    let total = input
+        .dataset
+        .and_then(|d| d.split.get("train"))
+        .map(|s| s.rows as usize);
+    let parts: Vec<String> = input
+        .histories
+        .iter()
+        .map(|h| match total {
+            Some(t) if h.rows_train < t => format!(
+                "{} on a seeded sample of {} of the {t} train rows ({})",
+                h.model, h.rows_train, h.device
+            ),
+            _ => format!("{} on {} train rows ({})", h.model, h.rows_train, h.device),
+        })
+        .collect();
+    Some(format!("\n**Training:** {}.\n", parts.join("; ")))
+}
+
 /// The report, at most `limit` bytes.
 pub fn render(input: &Input, limit: usize) -> String {
     let mut head = String::new();
@@ -324,6 +348,9 @@ pub fn render(input: &Input, limit: usize) -> String {
     head.push('\n');
     head.push_str(&baseline_section(m));
     head.push_str(&tables_section(m));
+    if let Some(t) = training_line(input) {
+        head.push_str(&t);
+    }
     // The rest, most important first; dropped from the end to fit.
     let mut rest: Vec<(&str, String)> = Vec::new();
     if let Some(g) = &m.attribution {

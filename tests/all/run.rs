@@ -99,7 +99,13 @@ fn kafka_s3_run_main_promotes_a_worse_one_fails_retrain_forces_and_pr_comments()
     assert_eq!(dispatches(), ["aaaa1111"]);
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("w1/eval/metrics.json")).unwrap()).unwrap();
-    assert_eq!(metrics["attribution"]["mean_abs_phi"].as_object().unwrap().len(), 20);
+    assert_eq!(
+        metrics["attribution"]["mean_abs_phi"]
+            .as_object()
+            .unwrap()
+            .len(),
+        20
+    );
     assert!(metrics["attribution"]["efficiency_gap"].as_f64().unwrap() < 1e-3);
 
     // main, one epoch: worse than production on the same rows → exit 1, published for
@@ -110,9 +116,16 @@ fn kafka_s3_run_main_promotes_a_worse_one_fails_retrain_forces_and_pr_comments()
         &with(&[("EMSHAP_CI_EPOCHS", "1")]),
     );
     assert_eq!(o.status.code(), Some(1), "{}", log(&o));
-    assert!(log(&o).contains("| promote | – skipped | 0.0 | verdict fail"), "{}", log(&o));
+    assert!(
+        log(&o).contains("| promote | – skipped | 0.0 | verdict fail"),
+        "{}",
+        log(&o)
+    );
     assert_eq!(production(&store).as_deref(), Some("aaaa1111"));
-    assert!(store.get("versions/bbbb2222/manifest.json").unwrap().is_some());
+    assert!(store
+        .get("versions/bbbb2222/manifest.json")
+        .unwrap()
+        .is_some());
     assert_eq!(dispatches(), ["aaaa1111"]);
     let report = std::fs::read_to_string(d.join("w2/eval/report.md")).unwrap();
     assert!(report.starts_with("## ❌"), "{report}");
@@ -122,8 +135,7 @@ fn kafka_s3_run_main_promotes_a_worse_one_fails_retrain_forces_and_pr_comments()
     let o = chain(
         d,
         &[
-            "--mode", "retrain", "--work", "w3", "--sha", "cccc3333", "--force", "--reason",
-            reason,
+            "--mode", "retrain", "--work", "w3", "--sha", "cccc3333", "--force", "--reason", reason,
         ],
         &with(&[("EMSHAP_CI_EPOCHS", "1")]),
     );
@@ -136,7 +148,10 @@ fn kafka_s3_run_main_promotes_a_worse_one_fails_retrain_forces_and_pr_comments()
     assert_eq!(entry["sha"], "cccc3333");
     assert_eq!(entry["reason"], reason);
     let report = std::fs::read_to_string(d.join("w3/eval/report.md")).unwrap();
-    assert!(report.contains("Gate FORCED") && report.contains(reason), "{report}");
+    assert!(
+        report.contains("Gate FORCED") && report.contains(reason),
+        "{report}"
+    );
 
     // pr: one comment with the report, no new version, production unchanged.
     let versions = store.list("versions/").unwrap().len();
@@ -153,7 +168,10 @@ fn kafka_s3_run_main_promotes_a_worse_one_fails_retrain_forces_and_pr_comments()
     let comments = stand.comments();
     assert_eq!(comments.len(), 1, "{}", log(&o));
     let body = comments[0]["body"].as_str().unwrap();
-    assert!(body.contains("cccc3333"), "compared with production: {body}");
+    assert!(
+        body.contains("cccc3333"),
+        "compared with production: {body}"
+    );
     assert_eq!(store.list("versions/").unwrap().len(), versions);
     assert_eq!(production(&store).as_deref(), Some("cccc3333"));
     assert_eq!(dispatches().len(), 2);
@@ -179,7 +197,10 @@ fn s3_run_resume_after_a_failed_publish_does_not_pull_or_train_again() {
     let o = chain(d, &args, &env);
     assert_eq!(o.status.code(), Some(3), "{}", log(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("run stopped at stage `publish` (exit 3)"), "{err}");
+    assert!(
+        err.contains("run stopped at stage `publish` (exit 3)"),
+        "{err}"
+    );
     assert!(err.contains("| publish | ✗ failed |"), "{err}");
     let run: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("work/run.json")).unwrap()).unwrap();
@@ -196,7 +217,10 @@ fn s3_run_resume_after_a_failed_publish_does_not_pull_or_train_again() {
             })
             .collect()
     };
-    assert_eq!(status(&run).last().unwrap(), &("publish".into(), "failed".into()));
+    assert_eq!(
+        status(&run).last().unwrap(),
+        &("publish".into(), "failed".into())
+    );
     let model = d.join("work/models/emshap_model.onnx");
     let before = std::fs::metadata(&model).unwrap().modified().unwrap();
 
@@ -223,7 +247,10 @@ fn s3_run_resume_after_a_failed_publish_does_not_pull_or_train_again() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(status(&run), want);
-    assert_eq!(std::fs::metadata(&model).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&model).unwrap().modified().unwrap(),
+        before
+    );
     assert_eq!(production(&s3.store("resume")).as_deref(), Some("dddd4444"));
 
     // A changed input (the gate file) runs evaluate again, not the training (a new version:
@@ -235,7 +262,9 @@ fn s3_run_resume_after_a_failed_publish_does_not_pull_or_train_again() {
     .unwrap();
     let o = chain(
         d,
-        &["--mode", "main", "--store", &uri, "--sha", "eeee5555", "--resume"],
+        &[
+            "--mode", "main", "--store", &uri, "--sha", "eeee5555", "--resume",
+        ],
         &env,
     );
     assert_eq!(o.status.code(), Some(0), "{}", log(&o));
