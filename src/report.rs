@@ -111,7 +111,15 @@ fn verdict_section(m: &Metrics, sha: Option<&str>) -> String {
         "forced" => "⚠️ **Gate FORCED** (failed, overridden)",
         _ => "❌ **Gate failed**",
     };
-    let sha = sha.map(|s| format!(" for `{}`", &s[..s.len().min(12)]));
+    // A commit sha is shortened as git does; other version ids (local runs) are shown whole.
+    let short = |s: &str| {
+        if s.len() > 12 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+            s[..12].to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let sha = sha.map(|s| format!(" for `{}`", short(s)));
     let _ = writeln!(
         s,
         "## {head}{}: {} of {} checks passed",

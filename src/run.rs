@@ -210,7 +210,8 @@ impl Chain<'_> {
         let seconds = t0.elapsed().as_secs_f64();
         let (status, exit_code, note) = match &result {
             Ok(o) => {
-                if !self.quiet && !o.text.is_empty() {
+                // The report is printed once, at the end of the run.
+                if !self.quiet && !o.text.is_empty() && name != "report" {
                     println!("{}", o.text);
                 }
                 self.json.push(o.json.clone());

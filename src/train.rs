@@ -31,8 +31,11 @@ pub const EMSHAP_CHECKPOINT: &str = "emshap.safetensors";
 pub const POWER_HISTORY: &str = "power_history.json";
 pub const EMSHAP_HISTORY: &str = "emshap_history.json";
 /// EMSHAP's default train sample on a CPU: its energy network runs per (row, unobserved
-/// feature, candidate), so all of a large window would take hours on two cores.
-pub const EMSHAP_CPU_ROWS: usize = 20_000;
+/// feature, candidate), so all of a large window would take hours on two cores. Sized for a
+/// PR check under 10 minutes at 1M rows on the 2-core machine (BENCHMARKS.md: there power
+/// takes ~220 s, evaluate ~40 s, EMSHAP ~470 rows/s over 10 epochs: 12,000 rows ≈
+/// 255 s).
+pub const EMSHAP_CPU_ROWS: usize = 12_000;
 /// Rows of real data the exported graph is compared on against libtorch (at least).
 pub const PROOF_ROWS: usize = 1000;
 /// At most this many test rows are used (the proof of EMSHAP scores every entry).

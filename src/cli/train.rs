@@ -61,7 +61,7 @@ pub struct CommonTrainArgs {
     pub threads: Option<usize>,
 
     /// Train on a seeded sample of at most this many train rows (0 = all; default all,
-    /// except EMSHAP on a CPU: 20000).
+    /// except EMSHAP on a CPU: 12000).
     #[arg(long, env = "EMSHAP_CI_MAX_ROWS")]
     pub max_rows: Option<usize>,
 
