@@ -559,7 +559,10 @@ pub fn explain(s: &ExplainSettings, progress: &crate::progress::Progress) -> Res
     } else {
         to_csv(&a).into_bytes()
     };
-    crate::rows::write_atomic(&s.out, &bytes)?;
+    if let Some(dir) = s.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+    }
+    crate::pull::snapshot::write_atomic(&s.out, &bytes)?;
     Ok(a)
 }
 

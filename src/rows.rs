@@ -1,8 +1,7 @@
-//! Rows in and attributions out for `explain`: CSV (a header naming the columns), JSON (an
+//! Rows in for `explain`: CSV (a header naming the columns), JSON (an
 //! array of objects) or Parquet (columns by name) in, raw units, matched to the model's
 //! features by name (other columns ignored); a snapshot split written by `pull` (standardised
-//! features) is recognised and converted back with the models' scaler.json. Out: JSON or CSV
-//! by the file's extension, written beside and renamed into place.
+//! features) is recognised and converted back with the models' scaler.json.
 
 use std::path::Path;
 
@@ -223,18 +222,4 @@ fn read_parquet(path: &Path, features: &[String], scaler: Option<&Scaler>) -> Re
             "parquet".into()
         },
     })
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it: a failure leaves no
-/// partial file where a good one was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::write(dir, e))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::write(path, e))?;
-    tmp.persist(path).map_err(|e| Error::write(path, e.error))?;
-    Ok(())
 }
