@@ -57,6 +57,7 @@ need python3 python3
 need cc gcc
 need make make
 need perl perl   # librdkafka's configure
+need curl curl   # install.sh downloads release assets
 
 # --- Python venv with the native-library wheels and the test tools -----------------------
 py_key="py311-torch${TORCH_VERSION}-ort${ORT_VERSION}-v2"
