@@ -88,9 +88,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 limit: args.limit,
                 proposals: args.proposals.unwrap_or(crate::evaluate::PROPOSALS),
                 seed: args.seed.unwrap_or(7),
-                threads: args
-                    .threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                threads: args.threads.unwrap_or_else(settings::default_threads),
             };
             if s.proposals == 0 {
                 return Err(Error::usage("--proposals", "must be at least 1"));

@@ -63,7 +63,6 @@ struct Chain<'a> {
     started: Instant,
     gha: crate::gha::Actions,
     quiet: bool,
-    json: Vec<serde_json::Value>,
 }
 
 /// sha256 of every file under `paths` (folders walked, sorted), by path.
@@ -214,7 +213,6 @@ impl Chain<'_> {
                 if !self.quiet && !o.text.is_empty() && name != "report" {
                     println!("{}", o.text);
                 }
-                self.json.push(o.json.clone());
                 ("done", Some(0), None)
             }
             Err(e @ Error::GateFailed { .. }) if name == "evaluate" => {
@@ -336,6 +334,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     if let Some(sha) = &sha {
         crate::store::versions::check_sha(sha)?;
     }
+    // Opened once (a bad URI stops the run before any work); the stages open their own.
+    let store_handle = crate::store::open(&store)?;
     let previous = if args.resume {
         let path = work.join(RUN_FILE);
         match std::fs::read(&path) {
@@ -363,7 +363,6 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         started: Instant::now(),
         gha: crate::gha::Actions::from_env(),
         quiet: global.quiet > 0,
-        json: Vec::new(),
     };
     macro_rules! step {
         ($name:expr, $argv:expr, $res:expr, $outs:expr) => {{
@@ -393,13 +392,17 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
             }]
         );
     }
-    // Evaluate depends on production too: its pointer is part of the inputs.
-    let pointer = crate::store::open(&store)
-        .and_then(|st| st.get("production.json"))
-        .ok()
-        .flatten()
-        .map(|o| o.bytes)
-        .unwrap_or_default();
+    // Evaluate depends on production too: which version it is is part of the inputs.
+    let production = |st: &dyn crate::store::Store| {
+        crate::store::versions::production(st)
+            .ok()
+            .flatten()
+            .map(|(p, _)| p)
+    };
+    let pointer = production(store_handle.as_ref())
+        .map(|p| format!("{} {}", p.sha, p.manifest_sha256))
+        .unwrap_or_default()
+        .into_bytes();
     let mut eval_argv: Vec<String> = ["evaluate", "--data", &s(&data), "--models", &s(&models)]
         .iter()
         .map(|a| a.to_string())
@@ -441,13 +444,9 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
             .and_then(|b| serde_json::from_slice(&b).ok());
     let verdict = metrics.as_ref().map(|m| m.verdict.clone());
     chain.record.verdict = verdict.clone();
-    let manifest_uri = match &sha {
-        Some(sha) => Some(format!(
-            "{}/versions/{sha}/manifest.json",
-            crate::store::open(&store)?.uri()
-        )),
-        None => None,
-    };
+    let manifest_uri = sha
+        .as_ref()
+        .map(|sha| format!("{}/versions/{sha}/manifest.json", store_handle.uri()));
     let mut report_argv = vec![
         "report".to_string(),
         "--eval".into(),
@@ -515,11 +514,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
                 )?;
                 chain.skip("dispatch", "nothing promoted".into())?;
             } else {
-                let current = crate::store::open(&store)
-                    .and_then(|st| crate::store::versions::production(st.as_ref()))
-                    .ok()
-                    .flatten()
-                    .map(|(p, _)| p.sha);
+                let current = production(store_handle.as_ref()).map(|p| p.sha);
                 if current.as_deref() == Some(sha.as_str()) {
                     chain.skip("promote", format!("{sha} is already production"))?;
                 } else {

@@ -21,6 +21,11 @@ use crate::train::{DeviceChoice, EmshapSettings, PowerSettings, TrainSettings};
 
 pub const DEFAULT_CONFIG: &str = "emshap-ci.toml";
 
+/// Threads when none are configured: the machine's cores (2 if unknown).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// The config file. Unknown keys are errors, so a typo never silently falls back.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -318,10 +323,7 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
     if commit && group.is_none() {
         return Err(Error::usage("--commit", "committing offsets needs --group"));
     }
-    let workers = args
-        .workers
-        .or(p.workers)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let workers = args.workers.or(p.workers).unwrap_or_else(default_threads);
     if workers == 0 || workers > 256 {
         return Err(Error::usage(
             "--workers",
@@ -406,7 +408,7 @@ fn resolve_common(
     let threads = args
         .threads
         .or(file.threads)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        .unwrap_or_else(default_threads);
     let sha = args
         .sha
         .clone()
@@ -597,9 +599,7 @@ pub fn resolve_evaluate(
         }
         (false, _) => None,
     };
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = args.threads.unwrap_or_else(default_threads);
     Ok(crate::evaluate::EvaluateSettings {
         data: args
             .data

@@ -199,6 +199,14 @@ impl Stand {
         self.state.lock().unwrap().files.insert(path, bytes);
     }
 
+    /// The first POST it received.
+    pub fn first_post(&self) -> Request {
+        self.requests()
+            .into_iter()
+            .find(|r| r.method == "POST")
+            .expect("a POST request")
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
@@ -410,11 +418,7 @@ fn github_dispatch_sends_sha_and_manifest_and_explains_404_and_422() {
     };
     let o = gh(&stand, d, &args("deploy.yml"));
     assert_exit(&o, 0);
-    let r = stand
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "POST")
-        .unwrap();
+    let r = stand.first_post();
     assert_eq!(
         r.path,
         "/repos/acme/power/actions/workflows/deploy.yml/dispatches"
@@ -479,11 +483,7 @@ fn github_dispatch_from_the_store_only_deploys_production() {
     assert!(stand.requests().iter().all(|r| r.method != "POST"));
     let o = gh(&stand, d, &args("aaaa111"));
     assert_exit(&o, 0);
-    let r = stand
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "POST")
-        .unwrap();
+    let r = stand.first_post();
     let uri = r.body["inputs"]["manifest_uri"]
         .as_str()
         .unwrap()
