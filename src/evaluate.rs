@@ -26,6 +26,11 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const SEED: u64 = 0x5eed_0007;
 pub const MASK_RATE: f64 = 0.5;
 pub const PROPOSALS: usize = 20;
+/// EMSHAP KPIs' candidates K for a graph with the energy correction on (BENCHMARKS.md,
+/// "EMSHAP quality": NLL(K) − NLL(4K) on the test rows).
+pub const EVAL_PROPOSALS: usize = 100;
+/// Test rows the K → 4K convergence check runs on.
+const CONVERGENCE_ROWS: usize = 512;
 /// Test rows the global attribution is computed on by default.
 pub const ATTRIBUTION_ROWS: usize = 16;
 /// Rows per ONNX Runtime call for the power model: the fastest of 1k–1M on 1M test rows
@@ -144,18 +149,34 @@ fn score_power(model: &[u8], rows: &Rows, threads: usize) -> Result<BTreeMap<Str
     Ok(power_kpis(&pred, &rows.target))
 }
 
-fn score_emshap(
-    model: &[u8],
-    rows: &Rows,
-    n: usize,
-    threads: usize,
-) -> Result<BTreeMap<String, f64>> {
-    let (d, k) = (rows.d, PROPOSALS);
+/// The graph's outputs on `n` rows with K candidates from the fixed draws.
+struct EmshapOut {
+    observed: Vec<f32>,
+    imputed: Vec<f32>,
+    log_density: Vec<f32>,
+    proposal_log_density: Option<Vec<f32>>,
+    /// Plain average of the K samples per entry (the proposal's mean by Monte Carlo).
+    sample_mean: Vec<f32>,
+    /// (Σw)²/Σw² / K per entry.
+    ess: Vec<f32>,
+}
+
+fn run_emshap(model: &[u8], rows: &Rows, n: usize, k: usize, threads: usize) -> Result<EmshapOut> {
+    let d = rows.d;
     let draws = fixed_draws(SEED, n, k, d, MASK_RATE);
     let mut session = Session::new(model, threads)?;
-    let (mut imputed, mut log_density) = (Vec::new(), Vec::new());
-    for start in (0..n).step_by(EMSHAP_BATCH) {
-        let len = EMSHAP_BATCH.min(n - start);
+    let batch = (EMSHAP_BATCH * PROPOSALS / k).clamp(16, 4096);
+    let mut o = EmshapOut {
+        observed: draws.observed.clone(),
+        imputed: Vec::new(),
+        log_density: Vec::new(),
+        proposal_log_density: None,
+        sample_mean: Vec::new(),
+        ess: Vec::new(),
+    };
+    let mut pld = Vec::new();
+    for start in (0..n).step_by(batch) {
+        let len = batch.min(n - start);
         let nd = start * d..(start + len) * d;
         let nkd = start * k * d..(start + len) * k * d;
         let t = |shape: Vec<usize>, v: &[f32]| Tensor {
@@ -170,25 +191,113 @@ fn score_emshap(
         ])?;
         for (name, t) in out {
             match name.as_str() {
-                "imputed" => imputed.extend(t.data),
-                "log_density" => log_density.extend(t.data),
+                "imputed" => o.imputed.extend(t.data),
+                "log_density" => o.log_density.extend(t.data),
+                "proposal_log_density" => pld.extend(t.data),
+                "samples" => {
+                    for r in 0..len {
+                        for j in 0..d {
+                            let s: f32 = (0..k).map(|kk| t.data[(r * k + kk) * d + j]).sum();
+                            o.sample_mean.push(s / k as f32);
+                        }
+                    }
+                }
+                "weights" => {
+                    for r in 0..len {
+                        for j in 0..d {
+                            let (s, s2) = (0..k).fold((0f32, 0f32), |(s, s2), kk| {
+                                let w = t.data[(r * k + kk) * d + j];
+                                (s + w, s2 + w * w)
+                            });
+                            o.ess.push(s * s / s2.max(f32::MIN_POSITIVE) / k as f32);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
     }
-    if imputed.len() != n * d || log_density.len() != n * d {
+    if o.imputed.len() != n * d || o.log_density.len() != n * d {
         return Err(Error::usage(
             "--models",
             format!("{EMSHAP_ONNX} does not have the imputed and log_density outputs of DESIGN §5"),
         ));
     }
-    Ok(emshap_kpis(
-        &rows.raw[..n * d],
-        &draws.observed,
-        &imputed,
-        &log_density,
-        &rows.sd,
-    ))
+    o.proposal_log_density = (pld.len() == n * d).then_some(pld);
+    Ok(o)
+}
+
+/// Mean and standard error of −log density over the unobserved entries.
+fn nll_with_se(observed: &[f32], log_density: &[f32]) -> (f64, f64) {
+    let v: Vec<f64> = observed
+        .iter()
+        .zip(log_density)
+        .filter(|(b, _)| **b < 0.5)
+        .map(|(_, l)| -f64::from(*l))
+        .collect();
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// EMSHAP's KPIs (DESIGN §7) on the first `n` test rows with fixed masks at rate 0.5:
+/// `nll` and `imputation_rmse` of the shipped density with `EVAL_PROPOSALS` candidates
+/// (a graph without the energy correction has no K: its density is the proposal's, its
+/// mean exact), the same for its proposal alone, the energy's gain over the proposal
+/// (`energy_gain` = nll − proposal_nll, `imputation_ratio`), the effective sample size of
+/// the weights, the NLL's standard error and its change from K to 4K candidates on a
+/// subsample (`nll_k_gap`: how far from converged the estimate is).
+fn score_emshap(
+    model: &[u8],
+    rows: &Rows,
+    n: usize,
+    threads: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let d = rows.d;
+    let energy = crate::explain::energy_correction(model).unwrap_or(true);
+    let k = if energy { EVAL_PROPOSALS } else { 1 };
+    let o = run_emshap(model, rows, n, k, threads)?;
+    let truth = &rows.raw[..n * d];
+    let mut m = emshap_kpis(truth, &o.observed, &o.imputed, &o.log_density, &rows.sd);
+    let (_, se) = nll_with_se(&o.observed, &o.log_density);
+    m.insert("nll_se".into(), se);
+    m.insert("proposals".into(), k as f64);
+    m.insert("energy".into(), if energy { 1.0 } else { 0.0 });
+    let masked: Vec<f32> = o
+        .ess
+        .iter()
+        .zip(&o.observed)
+        .filter(|(_, b)| **b < 0.5)
+        .map(|(e, _)| *e)
+        .collect();
+    if !masked.is_empty() {
+        let ess = masked.iter().map(|&e| f64::from(e)).sum::<f64>() / masked.len() as f64;
+        m.insert("ess".into(), ess);
+    }
+    if let Some(pld) = &o.proposal_log_density {
+        let proposal_mean = if energy { &o.sample_mean } else { &o.imputed };
+        let q = emshap_kpis(truth, &o.observed, proposal_mean, pld, &rows.sd);
+        m.insert("proposal_nll".into(), q["nll"]);
+        m.insert("proposal_imputation_rmse".into(), q["imputation_rmse"]);
+        m.insert("energy_gain".into(), m["nll"] - q["nll"]);
+        m.insert(
+            "imputation_ratio".into(),
+            m["imputation_rmse"] / q["imputation_rmse"].max(f64::MIN_POSITIVE),
+        );
+    }
+    // Convergence in K, on a subsample: the same masks, K and 4K candidates.
+    let sub = n.min(CONVERGENCE_ROWS);
+    let gap = if energy && sub > 0 {
+        let a = run_emshap(model, rows, sub, k, threads)?;
+        let b = run_emshap(model, rows, sub, 4 * k, threads)?;
+        (nll_with_se(&b.observed, &b.log_density).0 - nll_with_se(&a.observed, &a.log_density).0)
+            .abs()
+    } else {
+        0.0
+    };
+    m.insert("nll_k_gap".into(), gap);
+    Ok(m)
 }
 
 /// Scores whichever of the two models `dir` has; a model that is absent has no KPIs (and
@@ -307,6 +416,10 @@ fn attribute(
         features.to_vec(),
         &rows.raw[..n * rows.d],
         method,
+        crate::explain::ValueChoice {
+            kind: crate::explain::ValueFunctionKind::Expectation,
+            draws: crate::explain::DEFAULT_DRAWS,
+        },
         PROPOSALS,
         SEED,
         s.threads,

@@ -38,6 +38,12 @@ pub trait ValueFunction {
     /// v(S) of row `x` for each coalition in `masks` (row-major, d per coalition, 1.0 = in
     /// S, i.e. observed).
     fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>>;
+    /// After `values`: the same values from G independent groups of its Monte Carlo draws
+    /// ([G][coalitions]; their mean is what `values` returned), for standard errors that
+    /// include the value function's own noise. None for an exact value function.
+    fn group_values(&self) -> Option<&[Vec<f64>]> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -131,6 +137,18 @@ pub fn exact(vf: &mut dyn ValueFunction, x: &[f32]) -> Result<Explanation> {
         }
     }
     let v = vf.values(x, &masks)?;
+    let phi = enumerate(&v, d);
+    // φ is linear in v: the groups' φ are independent replicas whose mean is φ.
+    let stderr = vf.group_values().map(|groups| {
+        let fits: Vec<Vec<f64>> = groups.iter().map(|g| enumerate(g, d)).collect();
+        batch_means_se(&fits, d)
+    });
+    Ok(finish(phi, v[0], v[m - 1], stderr))
+}
+
+/// φ from the values of all 2^d coalitions (bit j of the index = feature j in S).
+pub fn enumerate(v: &[f64], d: usize) -> Vec<f64> {
+    let m = 1usize << d;
     // w(s) = s!(d−s−1)!/d! = 1 / (d · C(d−1, s)).
     let mut binom = vec![1f64; d];
     for s in 1..d {
@@ -146,7 +164,19 @@ pub fn exact(vf: &mut dyn ValueFunction, x: &[f32]) -> Result<Explanation> {
             }
         }
     }
-    Ok(finish(phi, v[0], v[m - 1], None))
+    phi
+}
+
+/// The standard error of the mean of independent replicas `fits` ([G][d]).
+fn batch_means_se(fits: &[Vec<f64>], d: usize) -> Vec<f64> {
+    let g = fits.len() as f64;
+    (0..d)
+        .map(|i| {
+            let mean = fits.iter().map(|f| f[i]).sum::<f64>() / g;
+            let var = fits.iter().map(|f| (f[i] - mean).powi(2)).sum::<f64>() / (g - 1.0).max(1.0);
+            (var / g).sqrt()
+        })
+        .collect()
 }
 
 /// `samples` coalitions from the Shapley kernel, in complementary pairs.
@@ -199,20 +229,24 @@ pub fn kernel(
     let y: Vec<f64> = v[2..].iter().map(|vs| vs - base).collect();
     let pairs = samples / 2;
     let phi = constrained_fit(z, &y, d, fx - base, 0..pairs)?;
-    let groups = GROUPS.min(pairs / d.max(1));
+    // Replica g: the g-th block of coalition pairs, valued with the g-th group of the value
+    // function's draws (when it has groups), so the error includes both sources of noise.
+    let draw_groups = vf.group_values();
+    let groups = draw_groups
+        .map_or(GROUPS, |g| g.len())
+        .min(pairs / d.max(1));
     let stderr = (groups >= 2).then(|| {
         let per = pairs / groups;
         let fits: Vec<Vec<f64>> = (0..groups)
-            .filter_map(|g| constrained_fit(z, &y, d, fx - base, g * per..(g + 1) * per).ok())
-            .collect();
-        let g = fits.len() as f64;
-        (0..d)
-            .map(|i| {
-                let mean = fits.iter().map(|f| f[i]).sum::<f64>() / g;
-                let var = fits.iter().map(|f| (f[i] - mean).powi(2)).sum::<f64>() / (g - 1.0);
-                (var / g).sqrt()
+            .filter_map(|g| {
+                let yg: Vec<f64> = match draw_groups {
+                    Some(dg) => dg[g][2..].iter().map(|vs| vs - base).collect(),
+                    None => y.clone(),
+                };
+                constrained_fit(z, &yg, d, fx - base, g * per..(g + 1) * per).ok()
             })
-            .collect()
+            .collect();
+        batch_means_se(&fits, d)
     });
     Ok(finish(phi, base, fx, stderr))
 }
@@ -383,6 +417,295 @@ impl ValueFunction for OnnxValue {
     }
 }
 
+/// Rows (coalitions × draws) per EMSHAP call of the sampler, and the most candidates
+/// (rows × K) per call.
+const SAMPLER_ROWS: usize = 4096;
+const SAMPLER_CANDIDATES: usize = 65_536;
+
+/// What the EMSHAP graph's metadata says about its energy correction (DESIGN §5).
+pub fn energy_correction(model: &[u8]) -> Option<bool> {
+    metadata(model, "energy_correction").map(|v| v == "on")
+}
+
+/// One metadata_props value of an ONNX model.
+pub fn metadata(model: &[u8], key: &str) -> Option<String> {
+    use prost::Message;
+    crate::proto::onnx::ModelProto::decode(model)
+        .ok()?
+        .metadata_props
+        .into_iter()
+        .find(|p| p.key == key)
+        .map(|p| p.value)
+}
+
+/// The conditional value function of DESIGN §6, v(S) = E[f(x_S, X_S̄) | X_S = x_S]: for each
+/// coalition, `draws` joint samples of X_S̄ given x_S drawn through `emshap_model.onnx`
+/// autoregressively (the unobserved features in index order, each drawn given x_S and
+/// those already drawn), each completed row scored by the power model, v(S) their mean.
+///
+/// One draw of feature j given the current observed set: with the energy correction off
+/// the graph is the proposal, and `samples[·, 0, j]` (K = 1) is an exact draw from q_j;
+/// with it on, sampling–importance–resampling: K candidates `samples[·, k, j]`, one chosen
+/// with probability `weights[·, k, j]` (ACE's `sample`).
+///
+/// v(N) = f(x); v(∅) = E[f(X)], the power model's `base_value` metadata (its mean over the
+/// train split) when it has one, else sampled like any coalition. Common random numbers:
+/// draw m of feature j uses the same normals and uniforms in every coalition of a row, so
+/// differences between coalitions are mostly free of sampling noise.
+pub struct Sampled {
+    power: Session,
+    emshap: Session,
+    d: usize,
+    draws: usize,
+    k: usize,
+    energy: bool,
+    base_value: Option<f64>,
+    groups: usize,
+    /// Per draw m: normals and uniforms [K, d] for the candidates, and [d] for the
+    /// resampling choice.
+    z: Vec<f32>,
+    u: Vec<f32>,
+    pick: Vec<f32>,
+    last_groups: Vec<Vec<f64>>,
+}
+
+impl Sampled {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        power: &[u8],
+        emshap: &[u8],
+        d: usize,
+        draws: usize,
+        proposals: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        let energy = energy_correction(emshap).unwrap_or(true);
+        let base_value = metadata(power, "base_value").and_then(|v| v.parse::<f64>().ok());
+        let mut v = Self {
+            power: Session::new(power, threads)?,
+            emshap: Session::new(emshap, threads)?,
+            d,
+            draws,
+            k: if energy { proposals.max(1) } else { 1 },
+            energy,
+            base_value,
+            groups: GROUPS.min(draws),
+            z: Vec::new(),
+            u: Vec::new(),
+            pick: Vec::new(),
+            last_groups: Vec::new(),
+        };
+        v.reseed(0);
+        Ok(v)
+    }
+
+    pub fn energy(&self) -> bool {
+        self.energy
+    }
+
+    pub fn base_value(&self) -> Option<f64> {
+        self.base_value
+    }
+
+    /// The randomness for the next row.
+    pub fn reseed(&mut self, seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a3b_1e00);
+        let n = self.draws * self.k * self.d;
+        self.u = (0..n).map(|_| rng.random::<f32>()).collect();
+        self.z = (0..n)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        self.pick = (0..self.draws * self.d)
+            .map(|_| rng.random::<f32>())
+            .collect();
+    }
+
+    /// Completes `rows` (row-major [R, d], with `obs` [R, d]; each row r is draw
+    /// `draw_of[r]`) by sampling every unobserved feature, in place.
+    fn complete(&mut self, feat: &mut [f32], obs: &mut [f32], draw_of: &[usize]) -> Result<()> {
+        let (d, k) = (self.d, self.k);
+        let per_call = SAMPLER_ROWS.min(SAMPLER_CANDIDATES / k).max(1);
+        loop {
+            let active: Vec<usize> = (0..draw_of.len())
+                .filter(|&r| obs[r * d..(r + 1) * d].iter().any(|&b| b < 0.5))
+                .collect();
+            if active.is_empty() {
+                return Ok(());
+            }
+            for chunk in active.chunks(per_call) {
+                let n = chunk.len();
+                let mut f_in = Vec::with_capacity(n * d);
+                let mut o_in = Vec::with_capacity(n * d);
+                let mut z_in = Vec::with_capacity(n * k * d);
+                let mut u_in = Vec::with_capacity(n * k * d);
+                for &r in chunk {
+                    f_in.extend_from_slice(&feat[r * d..(r + 1) * d]);
+                    o_in.extend_from_slice(&obs[r * d..(r + 1) * d]);
+                    let m = draw_of[r];
+                    z_in.extend_from_slice(&self.z[m * k * d..(m + 1) * k * d]);
+                    u_in.extend_from_slice(&self.u[m * k * d..(m + 1) * k * d]);
+                }
+                let t = |shape: Vec<usize>, data: Vec<f32>| Tensor { shape, data };
+                let out = self.emshap.run(vec![
+                    ("features", t(vec![n, d], f_in)),
+                    ("observed", t(vec![n, d], o_in)),
+                    ("noise", t(vec![n, k, d], z_in)),
+                    ("component_u", t(vec![n, k, d], u_in)),
+                ])?;
+                let get = |name: &str| {
+                    out.iter()
+                        .find(|(o, _)| o == name)
+                        .map(|(_, t)| &t.data)
+                        .ok_or_else(|| {
+                            Error::usage(
+                                "--models",
+                                format!("the EMSHAP model has no `{name}` output (DESIGN §5)"),
+                            )
+                        })
+                };
+                let samples = get("samples")?;
+                let weights = if self.energy {
+                    Some(get("weights")?)
+                } else {
+                    None
+                };
+                for (b, &r) in chunk.iter().enumerate() {
+                    let j = (0..d)
+                        .find(|&j| obs[r * d + j] < 0.5)
+                        .expect("active rows have an unobserved feature");
+                    let choice = match weights {
+                        None => 0,
+                        Some(w) => sir_choice(
+                            (0..k).map(|kk| w[(b * k + kk) * d + j]),
+                            self.pick[draw_of[r] * d + j],
+                        ),
+                    };
+                    feat[r * d + j] = samples[(b * k + choice) * d + j];
+                    obs[r * d + j] = 1.0;
+                }
+            }
+        }
+    }
+}
+
+/// Sampling–importance–resampling's choice: the first candidate k with u < Σ_{k' ≤ k} w_k'
+/// (the last when rounding leaves none). docs/attribution.md.
+pub fn sir_choice(weights: impl Iterator<Item = f32>, u: f32) -> usize {
+    let mut acc = 0f32;
+    let mut last = 0;
+    for (k, w) in weights.enumerate() {
+        acc += w;
+        last = k;
+        if u < acc {
+            return k;
+        }
+    }
+    last
+}
+
+impl ValueFunction for Sampled {
+    fn d(&self) -> usize {
+        self.d
+    }
+
+    fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>> {
+        let d = self.d;
+        let m = masks.len() / d;
+        let draws = self.draws;
+        let g = self.groups;
+        let mut groups = vec![vec![0f64; m]; g];
+        let mut out = vec![0f64; m];
+        // Coalitions needing samples: not full, and not empty when v(∅) is known.
+        let sampled: Vec<usize> = (0..m)
+            .filter(|&c| {
+                let mask = &masks[c * d..(c + 1) * d];
+                let full = mask.iter().all(|&b| b > 0.5);
+                let empty = mask.iter().all(|&b| b < 0.5);
+                !(full || (empty && self.base_value.is_some()))
+            })
+            .collect();
+        let coalitions_per_batch = (SAMPLER_ROWS * 4 / draws).max(1);
+        let mut fx = None;
+        for batch in sampled.chunks(coalitions_per_batch) {
+            let rows = batch.len() * draws;
+            let mut feat = Vec::with_capacity(rows * d);
+            let mut obs = Vec::with_capacity(rows * d);
+            let mut draw_of = Vec::with_capacity(rows);
+            for &c in batch {
+                for mm in 0..draws {
+                    feat.extend_from_slice(x);
+                    obs.extend_from_slice(&masks[c * d..(c + 1) * d]);
+                    draw_of.push(mm);
+                }
+            }
+            self.complete(&mut feat, &mut obs, &draw_of)?;
+            let f = self
+                .power
+                .run(vec![(
+                    "features",
+                    Tensor {
+                        shape: vec![rows, d],
+                        data: feat,
+                    },
+                )])?
+                .swap_remove(0)
+                .1
+                .data;
+            for (i, &c) in batch.iter().enumerate() {
+                let vals = &f[i * draws..(i + 1) * draws];
+                out[c] = vals.iter().map(|&v| f64::from(v)).sum::<f64>() / draws as f64;
+                for (gi, grp) in groups.iter_mut().enumerate() {
+                    // Draws are split into g interleaved groups.
+                    let (sum, n) = vals
+                        .iter()
+                        .skip(gi)
+                        .step_by(g)
+                        .fold((0f64, 0usize), |(s, n), &v| (s + f64::from(v), n + 1));
+                    grp[c] = sum / n.max(1) as f64;
+                }
+            }
+        }
+        for c in 0..m {
+            let mask = &masks[c * d..(c + 1) * d];
+            let v = if mask.iter().all(|&b| b > 0.5) {
+                *fx.get_or_insert(self.f(x)?)
+            } else if mask.iter().all(|&b| b < 0.5) && self.base_value.is_some() {
+                self.base_value.expect("checked")
+            } else {
+                continue;
+            };
+            out[c] = v;
+            for grp in groups.iter_mut() {
+                grp[c] = v;
+            }
+        }
+        self.last_groups = groups;
+        Ok(out)
+    }
+
+    fn group_values(&self) -> Option<&[Vec<f64>]> {
+        (self.groups >= 2).then_some(self.last_groups.as_slice())
+    }
+}
+
+impl Sampled {
+    fn f(&mut self, x: &[f32]) -> Result<f64> {
+        let y = self
+            .power
+            .run(vec![(
+                "features",
+                Tensor {
+                    shape: vec![1, self.d],
+                    data: x.to_vec(),
+                },
+            )])?
+            .swap_remove(0)
+            .1
+            .data;
+        Ok(f64::from(y[0]))
+    }
+}
+
 /// The feature names an exported model was trained on (its `feature_names` metadata).
 pub fn feature_names(model: &[u8], path: &Path) -> Result<Vec<String>> {
     use prost::Message;
@@ -418,11 +741,34 @@ pub struct ExplainSettings {
     pub samples: Option<usize>,
     /// Only the first this many rows.
     pub limit: Option<usize>,
-    /// EMSHAP proposal samples K per imputation.
+    /// EMSHAP proposal samples K per imputation (per SIR step with the energy on).
     pub proposals: usize,
+    /// The value function and its joint draws per coalition.
+    pub value: ValueChoice,
     pub seed: u64,
     pub threads: usize,
 }
+
+/// Which value function, with how many Monte Carlo draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFunctionKind {
+    #[default]
+    /// v(S) = E[f(x_S, X_S̄) | x_S] from joint samples (DESIGN §6; the default).
+    Expectation,
+    /// v(S) = f(x_S, E[X_S̄ | x_S]): exact only for a linear f (kept for comparison).
+    Mean,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ValueChoice {
+    pub kind: ValueFunctionKind,
+    /// Joint samples of X_S̄ per coalition (expectation).
+    pub draws: usize,
+}
+
+/// Joint draws per coalition by default (BENCHMARKS.md, "EMSHAP quality").
+pub const DEFAULT_DRAWS: usize = 64;
 
 /// The output of `explain` (and the rows of the global attribution).
 #[derive(Debug, Clone, Serialize)]
@@ -431,7 +777,17 @@ pub struct Attributions {
     pub features: Vec<String>,
     #[serde(flatten)]
     pub method: Method,
+    pub value_function: ValueFunctionKind,
+    /// Joint draws per coalition (expectation only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draws: Option<usize>,
     pub proposals: usize,
+    /// Whether the EMSHAP graph applies its energy correction (its metadata).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_correction: Option<bool>,
+    /// Where v(∅) comes from: the power model's stored mean over its train split, or the
+    /// value function itself.
+    pub base_value_source: String,
     pub seed: u64,
     pub rows_from: String,
     pub rows: Vec<Explanation>,
@@ -482,6 +838,7 @@ pub fn explain_rows(
     features: Vec<String>,
     x: &[f32],
     method: Method,
+    value: ValueChoice,
     proposals: usize,
     seed: u64,
     threads: usize,
@@ -490,22 +847,52 @@ pub fn explain_rows(
 ) -> Result<Attributions> {
     let started = std::time::Instant::now();
     let d = features.len();
-    let mut vf = OnnxValue::new(power, emshap, d, proposals, threads)?;
     let n = x.len() / d;
     progress.set_total(n as u64, "rows");
     let mut rows = Vec::with_capacity(n);
-    for (r, row) in x.chunks(d).enumerate() {
-        let row_seed = seed.wrapping_add(r as u64);
-        vf.reseed(row_seed);
-        rows.push(explain_row(&mut vf, row, method, row_seed)?);
-        progress.inc(1);
+    let energy = energy_correction(emshap);
+    let base_value_source;
+    match value.kind {
+        ValueFunctionKind::Expectation => {
+            if value.draws < 2 {
+                return Err(Error::usage(
+                    "--draws",
+                    "give at least 2 joint draws per coalition",
+                ));
+            }
+            let mut vf = Sampled::new(power, emshap, d, value.draws, proposals, threads)?;
+            base_value_source = match vf.base_value() {
+                Some(_) => "power model metadata: its mean prediction over the train split".into(),
+                None => format!("sampled ({} joint draws; the power model has no base_value metadata)", value.draws),
+            };
+            for (r, row) in x.chunks(d).enumerate() {
+                let row_seed = seed.wrapping_add(r as u64);
+                vf.reseed(row_seed);
+                rows.push(explain_row(&mut vf, row, method, row_seed)?);
+                progress.inc(1);
+            }
+        }
+        ValueFunctionKind::Mean => {
+            base_value_source = "plug-in: f at EMSHAP's imputation of every feature".into();
+            let mut vf = OnnxValue::new(power, emshap, d, proposals, threads)?;
+            for (r, row) in x.chunks(d).enumerate() {
+                let row_seed = seed.wrapping_add(r as u64);
+                vf.reseed(row_seed);
+                rows.push(explain_row(&mut vf, row, method, row_seed)?);
+                progress.inc(1);
+            }
+        }
     }
     progress.finish();
     Ok(Attributions {
-        format: "emshap-ci.explain/1".into(),
+        format: "emshap-ci.explain/2".into(),
         features,
         method,
+        value_function: value.kind,
+        draws: (value.kind == ValueFunctionKind::Expectation).then_some(value.draws),
         proposals,
+        energy_correction: energy,
+        base_value_source,
         seed,
         rows_from,
         rows,
@@ -546,6 +933,7 @@ pub fn explain(s: &ExplainSettings, progress: &crate::progress::Progress) -> Res
         features,
         &rows.x,
         method,
+        s.value,
         s.proposals,
         s.seed,
         s.threads,
@@ -605,6 +993,10 @@ pub struct Global {
     pub rows: usize,
     pub method: String,
     pub proposals: usize,
+    #[serde(default)]
+    pub value_function: Option<String>,
+    #[serde(default)]
+    pub draws: Option<usize>,
     pub mean_abs_phi: std::collections::BTreeMap<String, f64>,
     /// Mean f(x) − v(∅) over the rows (what the φ add up to, on average).
     pub mean_prediction_minus_base: f64,
@@ -629,6 +1021,8 @@ pub fn global(a: &Attributions) -> Global {
         rows: a.rows.len(),
         method: a.method.to_string(),
         proposals: a.proposals,
+        value_function: Some(format!("{:?}", a.value_function).to_lowercase()),
+        draws: a.draws,
         mean_abs_phi,
         mean_prediction_minus_base: a.rows.iter().map(|r| r.f_x - r.base_value).sum::<f64>() / n,
         efficiency_gap: a.rows.iter().map(|r| r.efficiency_gap).fold(0.0, f64::max),

@@ -205,8 +205,45 @@ fn tables_section(m: &Metrics) -> String {
                 if c.passed { "✓" } else { "✗" }
             );
         }
+        for c in m.checks.iter().filter(|c| c.model == model) {
+            if let Some(note) = &c.note {
+                let _ = writeln!(s, "\n*{}*: {}.", c.metric, cell(note));
+            }
+        }
+        if model == "emshap" {
+            if let Some(line) = emshap_line(m.candidate.get("emshap")) {
+                let _ = writeln!(s, "\n{line}");
+            }
+        }
     }
     s
+}
+
+/// The candidate's EMSHAP facts beside the gated KPIs: energy on or off, K, the NLL's
+/// standard error and K → 4K gap, the effective sample size.
+fn emshap_line(k: Option<&std::collections::BTreeMap<String, f64>>) -> Option<String> {
+    let k = k?;
+    let energy = k.get("energy")?;
+    let mut parts = vec![if *energy > 0.5 {
+        "**Energy correction: on** (residual form p ∝ q·exp(−E))".to_string()
+    } else {
+        "**Energy correction: off** — it did not beat its own proposal on validation, so the \
+         shipped density is the proposal"
+            .to_string()
+    }];
+    if let Some(p) = k.get("proposals") {
+        parts.push(format!("K = {}", num(*p)));
+    }
+    if let (Some(n), Some(se)) = (k.get("nll"), k.get("nll_se")) {
+        parts.push(format!("nll {} ± {}", num(*n), num(*se)));
+    }
+    if let Some(g) = k.get("nll_k_gap") {
+        parts.push(format!("|nll(K) − nll(4K)| = {}", num(*g)));
+    }
+    if let Some(e) = k.get("ess") {
+        parts.push(format!("effective sample size {} of K", num(*e)));
+    }
+    Some(parts.join("; ") + ".")
 }
 
 fn links_section(input: &Input) -> Option<String> {
@@ -298,12 +335,16 @@ fn attribution_section(g: &crate::explain::Global) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n### Attribution\n\nMean |φ| (watts) per feature over {} test rows ({}, {} proposals per \
-         imputation); the φ of a row add up to its prediction minus the base value (on average \
+        "\n### Attribution\n\nMean |φ| (watts) per feature over {} test rows ({}, value function {}); \
+         the φ of a row add up to its prediction minus the base value (on average \
          {} W), off by at most {} (efficiency).\n",
         g.rows,
         g.method,
-        g.proposals,
+        match (&g.value_function, g.draws) {
+            (Some(v), Some(d)) => format!("{v}, {d} joint draws per coalition"),
+            (Some(v), None) => v.clone(),
+            (None, _) => format!("mean, {} proposals per imputation", g.proposals),
+        },
         num(g.mean_prediction_minus_base),
         num(g.efficiency_gap)
     );
@@ -546,6 +587,7 @@ mod tests {
                 train_loss: 1.0 / e as f64,
                 val_loss: 1.1 / e as f64,
                 val_nll: None,
+                val_proposal_nll: None,
                 mask_rate: None,
                 lr: 1e-3,
                 seconds: 1.0,

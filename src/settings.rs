@@ -128,10 +128,16 @@ pub struct EmshapSection {
     pub mixtures: Option<usize>,
     pub context: Option<usize>,
     pub gru_hidden: Option<usize>,
+    pub proposal_hidden: Option<usize>,
     pub energy_hidden: Option<usize>,
     pub energy_blocks: Option<usize>,
     pub mask_rate: Option<Vec<f64>>,
     pub val_rows: Option<usize>,
+    pub warmup_epochs: Option<usize>,
+    pub energy_penalty: Option<f64>,
+    pub input_noise: Option<f64>,
+    pub val_proposals: Option<usize>,
+    pub energy: Option<String>,
 }
 
 impl ConfigFile {
@@ -489,8 +495,8 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
         &args.common,
         &file.train,
         ModelDefaults {
-            epochs: 10,
-            patience: 3,
+            epochs: EMSHAP_EPOCHS,
+            patience: 5,
             file_epochs: e.epochs,
             file_patience: e.patience,
             file_batch_size: e.batch_size,
@@ -514,6 +520,33 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             format!("{mask_min},{mask_max}: need 0 < first <= last <= 1"),
         ));
     }
+    let energy = match args
+        .energy
+        .clone()
+        .or(e.energy.clone())
+        .as_deref()
+        .unwrap_or("auto")
+    {
+        "auto" => crate::train::EnergyChoice::Auto,
+        "on" => crate::train::EnergyChoice::On,
+        "off" => crate::train::EnergyChoice::Off,
+        other => {
+            return Err(Error::usage(
+                "--energy",
+                format!("{other} (use auto, on or off)"),
+            ))
+        }
+    };
+    let warmup_epochs = match args.warmup_epochs.or(e.warmup_epochs) {
+        Some(w) if w > common.epochs => {
+            return Err(Error::usage(
+                "--warmup-epochs",
+                format!("{w} is more than the {} epochs", common.epochs),
+            ))
+        }
+        Some(w) => w,
+        None => (common.epochs as f64 * EMSHAP_WARMUP_SHARE).round() as usize,
+    };
     Ok(EmshapSettings {
         common,
         proposals: positive(
@@ -529,7 +562,12 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
         context: positive("[train.emshap] context", e.context.unwrap_or(32), 4096)?,
         gru_hidden: positive(
             "[train.emshap] gru_hidden",
-            e.gru_hidden.unwrap_or(64),
+            e.gru_hidden.unwrap_or(EMSHAP_GRU_HIDDEN),
+            4096,
+        )?,
+        proposal_hidden: positive(
+            "[train.emshap] proposal_hidden",
+            e.proposal_hidden.unwrap_or(EMSHAP_PROPOSAL_HIDDEN),
             4096,
         )?,
         energy_hidden: positive(
@@ -545,7 +583,32 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             e.val_rows.unwrap_or(4096),
             1 << 30,
         )?,
+        warmup_epochs,
+        energy_penalty: non_negative("[train.emshap] energy_penalty", e.energy_penalty.unwrap_or(0.0))?,
+        input_noise: non_negative("[train.emshap] input_noise", e.input_noise.unwrap_or(0.0))?,
+        val_proposals: positive(
+            "[train.emshap] val_proposals",
+            e.val_proposals.unwrap_or(EMSHAP_VAL_PROPOSALS),
+            4096,
+        )?,
+        energy,
     })
+}
+
+/// EMSHAP's default epochs, of which the first `EMSHAP_WARMUP_SHARE` train the proposal
+/// alone (BENCHMARKS.md, "EMSHAP quality").
+pub const EMSHAP_EPOCHS: usize = 40;
+pub const EMSHAP_WARMUP_SHARE: f64 = 0.75;
+pub const EMSHAP_GRU_HIDDEN: usize = 256;
+pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
+pub const EMSHAP_VAL_PROPOSALS: usize = 100;
+
+fn non_negative(name: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(Error::usage(name, format!("{v} (give a finite number >= 0)")))
+    }
 }
 
 /// Who runs this, for records of promotions and forced passes: $GITHUB_ACTOR, else $USER.

@@ -93,12 +93,59 @@ pub struct EmshapSettings {
     /// C: the context vector's length.
     pub context: usize,
     pub gru_hidden: usize,
+    /// Width of the proposal's head (GRU → ReLU → Linear(this) → ReLU → parameters).
+    pub proposal_hidden: usize,
     pub energy_hidden: usize,
     pub energy_blocks: usize,
     pub mask_min: f64,
     pub mask_max: f64,
     /// Validation rows the per-epoch validation loss is computed on.
     pub val_rows: usize,
+    /// Epochs that train the proposal alone (the energy network frozen and not evaluated)
+    /// before the energy network trains (ACE's warm-up). Early stopping only counts epochs
+    /// after it.
+    pub warmup_epochs: usize,
+    /// λ of the energy–proposal penalty λ·(log p̂ − log q)² per unobserved entry (ACE's
+    /// optional regulariser; in the residual form log p̂ − log q = −E(x) − log Ẑ).
+    pub energy_penalty: f64,
+    /// σ of the Gaussian noise added to the (standardised) training inputs each batch.
+    pub input_noise: f64,
+    /// K for the validation estimate of the energy density's NLL (checkpoint selection and
+    /// the energy-on/off decision; its convergence is checked against 4× as many).
+    pub val_proposals: usize,
+    /// Whether the exported graph applies the energy correction: `auto` keeps it only when
+    /// it beats the proposal on validation.
+    pub energy: EnergyChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnergyChoice {
+    Auto,
+    On,
+    Off,
+}
+
+impl EmshapSettings {
+    /// The learning rate's factor in epoch `e`: polynomial decay (power 1) from 1 to 0.05
+    /// over the run, restarted when the energy network starts training.
+    pub fn lr_factor(&self, epoch: usize) -> f64 {
+        let (start, len) = if epoch < self.warmup_epochs {
+            (0, self.warmup_epochs)
+        } else {
+            (
+                self.warmup_epochs,
+                self.common.epochs.saturating_sub(self.warmup_epochs),
+            )
+        };
+        let t = (epoch - start) as f64 / len.max(1) as f64;
+        (1.0 - 0.95 * t).max(0.05)
+    }
+
+    /// Whether epoch `e` trains the energy network too.
+    pub fn trains_energy(&self, epoch: usize) -> bool {
+        epoch >= self.warmup_epochs && self.energy != EnergyChoice::Off
+    }
 }
 
 impl EmshapSettings {
@@ -121,6 +168,9 @@ pub struct EpochRecord {
     /// EMSHAP: mean −log p̂ over the masked validation entries (standardised units).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_nll: Option<f64>,
+    /// EMSHAP: the proposal's own validation NLL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_proposal_nll: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask_rate: Option<f64>,
     pub lr: f64,
@@ -152,6 +202,9 @@ pub struct History {
     pub test: BTreeMap<String, f64>,
     /// The export proof: rows compared and the largest difference per output.
     pub proof: Proof,
+    /// EMSHAP: whether the exported graph applies the energy correction, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -176,6 +229,8 @@ pub struct TrainReport {
     pub samples_per_s: f64,
     pub test: BTreeMap<String, f64>,
     pub proof: Proof,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<serde_json::Value>,
 }
 
 #[cfg(not(feature = "torch"))]
@@ -228,6 +283,7 @@ struct Trained<'a> {
     onnx: (&'static str, Vec<u8>),
     checkpoint: &'static str,
     history_file: &'static str,
+    energy: Option<serde_json::Value>,
 }
 
 /// Writes a trained model's files together (ONNX, checkpoint, history, and the snapshot's
@@ -252,6 +308,7 @@ fn finish(t: Trained, snap: &data::Snapshot) -> Result<TrainReport> {
         stopped_early: t.fitted.stopped_early,
         test: t.test,
         proof: t.proof,
+        energy: t.energy,
     };
     let mut json = serde_json::to_vec_pretty(&history).map_err(|e| Error::Internal(e.into()))?;
     json.push(b'\n');
@@ -278,5 +335,6 @@ fn finish(t: Trained, snap: &data::Snapshot) -> Result<TrainReport> {
         samples_per_s: rows as f64 / t.fitted.seconds.max(1e-9),
         test: history.test,
         proof: history.proof,
+        energy: history.energy,
     })
 }

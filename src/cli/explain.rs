@@ -33,9 +33,20 @@ pub struct ExplainArgs {
     #[arg(long, env = "EMSHAP_CI_SAMPLES")]
     pub samples: Option<usize>,
 
-    /// EMSHAP proposal samples per imputation (default 20).
-    #[arg(long, env = "EMSHAP_CI_PROPOSALS")]
+    /// EMSHAP proposal samples K per imputation, and per resampling step of the joint
+    /// sampler when the model's energy correction is on (default 20).
+    #[arg(long, env = "EMSHAP_CI_EXPLAIN_PROPOSALS")]
     pub proposals: Option<usize>,
+
+    /// The value function: expectation (v(S) = E[f(x_S, X_S̄) | x_S] from joint samples,
+    /// right for any model) or mean (f at the conditional mean: exact only for a linear
+    /// model; for comparison).
+    #[arg(long, env = "EMSHAP_CI_VALUE_FUNCTION", default_value = "expectation")]
+    pub value_function: crate::explain::ValueFunctionKind,
+
+    /// Joint samples of the features outside each coalition (expectation; default 64).
+    #[arg(long, env = "EMSHAP_CI_DRAWS")]
+    pub draws: Option<usize>,
 
     /// Seed for the coalitions and the proposal randomness (default 7).
     #[arg(long, env = "EMSHAP_CI_EXPLAIN_SEED")]

@@ -31,7 +31,7 @@ pub struct CommonTrainArgs {
     #[arg(long, env = "EMSHAP_CI_MODELS")]
     pub out: Option<PathBuf>,
 
-    /// Most epochs; early stopping may end sooner (default: power 100, EMSHAP 10).
+    /// Most epochs; early stopping may end sooner (default: power 100, EMSHAP 40).
     #[arg(long, env = "EMSHAP_CI_EPOCHS")]
     pub epochs: Option<usize>,
 
@@ -52,7 +52,8 @@ pub struct CommonTrainArgs {
     pub lr: Option<f64>,
 
     /// Epochs without a better validation loss before training stops (default: power 10,
-    /// EMSHAP 3); the learning rate halves after half as many.
+    /// EMSHAP 5, counted after its warm-up); the power model's learning rate halves after
+    /// half as many (EMSHAP's decays polynomially).
     #[arg(long, env = "EMSHAP_CI_PATIENCE")]
     pub patience: Option<usize>,
 
@@ -104,4 +105,14 @@ pub struct TrainEmshapArgs {
     /// Mask-rate schedule, first,last epoch (default 0.2,0.8).
     #[arg(long, env = "EMSHAP_CI_MASK_RATE", value_delimiter = ',')]
     pub mask_rate: Option<Vec<f64>>,
+
+    /// Epochs that train the proposal alone before the energy network trains (default:
+    /// three quarters of the epochs).
+    #[arg(long, env = "EMSHAP_CI_WARMUP_EPOCHS")]
+    pub warmup_epochs: Option<usize>,
+
+    /// The energy correction in the exported graph: auto (only when it beats the proposal
+    /// on validation), on, or off (the graph is the proposal).
+    #[arg(long, env = "EMSHAP_CI_ENERGY")]
+    pub energy: Option<String>,
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use prost::Message;
+use serde::Serialize;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -27,7 +28,7 @@ use super::power::{
     metadata, proof_rows, raw_features, sample_rows, scaler_nodes, standardise_like_graph,
 };
 use super::tensors::{self, Comparison};
-use super::{EmshapSettings, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX};
+use super::{EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX};
 use crate::error::{Error, Result};
 use crate::kpi::{column_sd, emshap_kpis, fixed_draws, masks, FixedDraws};
 use crate::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
@@ -73,19 +74,25 @@ enum Draws<'a> {
 
 /// Sums over one batch of the loss terms.
 struct LossSums {
-    /// −Σ_rows Σ_i u_i (log q_i(x_i) + log p̂_i(x_i)).
+    /// −Σ_rows Σ_i u_i log q_i(x_i), plus −Σ u_i log p̂_i(x_i) and the penalty when the
+    /// energy trains.
     loss: Tensor,
     /// −Σ log p̂_i(x_i) over the unobserved entries.
     nll: Tensor,
+    /// −Σ log q_i(x_i) over the unobserved entries.
+    proposal_nll: Tensor,
+    /// Σ (mean estimate − x)² over the unobserved entries (standardised).
+    sq_err: Tensor,
     entries: i64,
 }
 
 impl Net {
     fn new(p: &nn::Path, d: i64, s: &EmshapSettings) -> Self {
-        let (m, c, h, eh) = (
+        let (m, c, h, ph, eh) = (
             s.mixtures as i64,
             s.context as i64,
             s.gru_hidden as i64,
+            s.proposal_hidden as i64,
             s.energy_hidden as i64,
         );
         // PyTorch's GRU initialisation: U(−1/√H, 1/√H).
@@ -99,8 +106,8 @@ impl Net {
             w_ih: gru.var("weight_ih", &[3 * h, 2 * d], init),
             b_ih: gru.var("bias_ih", &[3 * h], init),
             b_hh: gru.var("bias_hh", &[3 * h], init),
-            head1: nn::linear(p / "head1", h, 128, Default::default()),
-            head2: nn::linear(p / "head2", 128, d * (3 * m + c), Default::default()),
+            head1: nn::linear(p / "head1", h, ph, Default::default()),
+            head2: nn::linear(p / "head2", ph, d * (3 * m + c), Default::default()),
             inp: nn::linear(p / "energy_in", 1 + d + c, eh, Default::default()),
             blocks: (0..s.energy_blocks)
                 .map(|i| {
@@ -183,21 +190,29 @@ fn entries(t: &Tensor, flat: &Tensor) -> Tensor {
 
 /// What the scoring pass returns for the entries it was given.
 struct Scored {
-    /// Candidates v [P, K] (standardised), their weights [P, K], and per entry
-    /// log p̂(x) [P] and log q(x) [P].
+    /// Candidates v [P, K] (standardised) and their weights [P, K].
     v: Tensor,
     w: Tensor,
+    /// The conditional mean estimate per entry [P]: Σ_k w_k v_k with the energy on; the
+    /// proposal mixture's own mean Σ_m π_m μ_m (exact, no sampling noise) with it off.
+    mean: Tensor,
+    /// log p̂(x) [P] (the residual form: log q(x) − E(x) − log Ẑ, Ẑ = mean_k exp(−E(v_k)));
+    /// equal to log q(x) with the energy off.
     log_p: Tensor,
+    /// log q(x) [P].
     log_q_x: Tensor,
-    /// |E(x)| + |log Ẑ| per entry: the size of the terms log p̂ is the difference of, which
-    /// bounds how precisely two runtimes can agree on it.
+    /// |log q(x)| + |E(x)| + |log Ẑ| per entry: the size of the terms log p̂ is the sum of,
+    /// which bounds how precisely two runtimes can agree on it.
     log_p_scale: Tensor,
-    /// |E(v_k)| + |log q(v_k)| per candidate [P, K]: the same for the weights' logits.
+    /// |E(v_k)| per candidate [P, K] (1 with the energy off): the same for the weights'
+    /// logits.
     logw_scale: Tensor,
 }
 
 impl Net {
-    /// Scores the entries `flat` (indices into the [B·d] grid) of a batch.
+    /// Scores the entries `flat` (indices into the [B·d] grid) of a batch, with or without
+    /// the energy correction.
+    #[allow(clippy::too_many_arguments)]
     fn score(
         &self,
         xs: &Tensor,
@@ -205,6 +220,7 @@ impl Net {
         flat: &Tensor,
         k: i64,
         draws: &Draws,
+        energy: bool,
         phases: Option<&mut Phases>,
     ) -> Scored {
         let t0 = Instant::now();
@@ -218,7 +234,7 @@ impl Net {
         );
         let x_e = xs.reshape([-1]).index_select(0, flat);
         let p = flat.size()[0];
-        let (v, log_q_v) = tch::no_grad(|| {
+        let v = tch::no_grad(|| {
             let (u, z) = match draws {
                 Draws::Fresh => (
                     Tensor::rand([p, k], (Kind::Float, xs.device())),
@@ -226,70 +242,105 @@ impl Net {
                 ),
                 Draws::Given { u, z } => (entries(u, flat), entries(z, flat)),
             };
-            let v = sample(&le, &me, &se, &u, &z);
-            let lq = log_q(&v, &le, &me, &se);
-            (v, lq)
+            sample(&le, &me, &se, &u, &z)
         });
         let log_q_x = log_q(&x_e.unsqueeze(1), &le, &me, &se).squeeze_dim(1);
         let t1 = Instant::now();
-        let cand = Tensor::cat(&[x_e.unsqueeze(1), v.shallow_clone()], 1);
-        let e = self.energy(&cand, &ce, &cols);
-        let e_x = e.select(1, 0);
-        let e_v = e.narrow(1, 1, k);
-        let logw_scale = (e_v.abs() + log_q_v.abs()).detach();
-        let logw = e_v.neg() - log_q_v;
-        let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
-        let log_p_scale = (e_x.abs() + log_z.abs()).detach();
-        let log_p = e_x.neg() - log_z;
+        let scored = if energy {
+            let cand = Tensor::cat(&[x_e.unsqueeze(1), v.shallow_clone()], 1);
+            let e = self.energy(&cand, &ce, &cols);
+            let e_x = e.select(1, 0);
+            let e_v = e.narrow(1, 1, k);
+            let logw = e_v.neg();
+            let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
+            let log_p_scale = (log_q_x.abs() + e_x.abs() + log_z.abs()).detach();
+            // The proposal learns from its own likelihood term only.
+            let log_p = log_q_x.detach() - e_x - log_z;
+            let w = logw.softmax(1, Kind::Float);
+            Scored {
+                mean: (&w * &v).sum_dim_intlist([1i64].as_slice(), false, Kind::Float),
+                v,
+                w,
+                log_p,
+                log_q_x,
+                log_p_scale,
+                logw_scale: e_v.abs().detach(),
+            }
+        } else {
+            let mean = (le.softmax(-1, Kind::Float) * &me).sum_dim_intlist(
+                [1i64].as_slice(),
+                false,
+                Kind::Float,
+            );
+            Scored {
+                w: v.ones_like() / k as f64,
+                logw_scale: v.ones_like(),
+                v,
+                mean,
+                log_p: log_q_x.shallow_clone(),
+                log_p_scale: log_q_x.abs().detach(),
+                log_q_x,
+            }
+        };
         if let Some(p) = phases {
             p.proposal += (t1 - t0).as_secs_f64();
             p.energy += t1.elapsed().as_secs_f64();
         }
-        Scored {
-            v,
-            w: logw.softmax(1, Kind::Float),
-            log_p,
-            log_q_x,
-            log_p_scale,
-            logw_scale,
-        }
+        scored
     }
 
+    /// Sums over one batch: the training loss, and the NLLs of the density and of its
+    /// proposal over the unobserved entries.
+    #[allow(clippy::too_many_arguments)]
     fn loss(
         &self,
         xs: &Tensor,
         b: &Tensor,
         k: i64,
         draws: &Draws,
+        energy: bool,
+        penalty: f64,
         phases: Option<&mut Phases>,
     ) -> LossSums {
         let flat = (b.neg() + 1.0).reshape([-1]).nonzero().squeeze_dim(1);
         let entries = flat.size()[0];
-        let s = self.score(xs, b, &flat, k, draws, phases);
+        let s = self.score(xs, b, &flat, k, draws, energy, phases);
+        let mut loss = s.log_q_x.sum(Kind::Float).neg();
+        if energy {
+            loss = loss - s.log_p.sum(Kind::Float);
+            if penalty > 0.0 {
+                let gap = &s.log_p - s.log_q_x.detach();
+                loss = loss + gap.square().sum(Kind::Float) * penalty;
+            }
+        }
         LossSums {
-            loss: (&s.log_q_x + &s.log_p).sum(Kind::Float).neg(),
+            loss,
             nll: s.log_p.sum(Kind::Float).neg(),
+            proposal_nll: s.log_q_x.sum(Kind::Float).neg(),
+            sq_err: (&s.mean - xs.reshape([-1]).index_select(0, &flat))
+                .square()
+                .sum(Kind::Float),
             entries,
         }
     }
 
     /// The graph's computation in libtorch, standardised units: for every entry of
     /// xs [N, d] with observed b [N, d] and randomness u, z [N, K, d], returns imputed [N, d],
-    /// samples [N, K, d], weights [N, K, d], log p̂ [N, d] (not yet masked) and the scale of
-    /// log p̂'s terms [N, d], and of the weights' logits' terms [N, K, d].
-    fn dense(&self, xs: &Tensor, b: &Tensor, u: &Tensor, z: &Tensor) -> [Tensor; 6] {
+    /// samples [N, K, d], weights [N, K, d], log p̂ [N, d], log q [N, d] (not yet masked),
+    /// the scale of log p̂'s terms [N, d], and of the weights' logits' terms [N, K, d].
+    fn dense(&self, xs: &Tensor, b: &Tensor, u: &Tensor, z: &Tensor, energy: bool) -> [Tensor; 7] {
         let (n, k, d) = (xs.size()[0], u.size()[1], self.d);
         let flat = Tensor::arange(n * d, (Kind::Int64, xs.device()));
         let u = u.permute([0, 2, 1]).contiguous();
         let z = z.permute([0, 2, 1]).contiguous();
-        let s = self.score(xs, b, &flat, k, &Draws::Given { u: &u, z: &z }, None);
-        let imputed = (&s.w * &s.v).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let s = self.score(xs, b, &flat, k, &Draws::Given { u: &u, z: &z }, energy, None);
         let to_nkd = |t: &Tensor| t.view([n, d, k]).permute([0, 2, 1]).contiguous();
         [
-            imputed.view([n, d]),
+            s.mean.view([n, d]),
             to_nkd(&s.v),
             to_nkd(&s.w),
             s.log_p.view([n, d]),
+            s.log_q_x.view([n, d]),
             s.log_p_scale.view([n, d]),
             to_nkd(&s.logw_scale),
         ]
@@ -315,6 +366,16 @@ struct Emshap<'a> {
     val_z: Tensor,
     device: Device,
     phases: Option<BTreeMap<String, f64>>,
+    /// The last validation's figures (for the history).
+    last_val: std::cell::Cell<Option<ValFigures>>,
+}
+
+/// Validation figures of one pass, standardised units, per unobserved entry.
+#[derive(Debug, Clone, Copy)]
+struct ValFigures {
+    nll: f64,
+    proposal_nll: f64,
+    rmse: f64,
 }
 
 /// Where an epoch's time went (CPU): batches and masks, the proposal (GRU, mixture,
@@ -343,6 +404,44 @@ impl Phases {
     }
 }
 
+impl Emshap<'_> {
+    /// NLL of the density (with or without the energy) and of the proposal, and the RMSE of
+    /// the conditional-mean estimate, over the validation entries, with K candidates.
+    fn val_figures(&self, energy: bool, k: i64, draws: Option<(&Tensor, &Tensor)>) -> ValFigures {
+        let n = self.val_x.size()[0];
+        let (mut nll, mut pnll, mut se, mut entries) = (0.0, 0.0, 0.0, 0i64);
+        tch::no_grad(|| {
+            for start in (0..n).step_by(CHUNK) {
+                let len = (CHUNK as i64).min(n - start);
+                let sl = |t: &Tensor| t.narrow(0, start, len);
+                let (u, z) = match draws {
+                    Some((u, z)) => (sl(u), sl(z)),
+                    None => (sl(&self.val_u), sl(&self.val_z)),
+                };
+                let sums = self.net.loss(
+                    &sl(&self.val_x),
+                    &sl(&self.val_b),
+                    k,
+                    &Draws::Given { u: &u, z: &z },
+                    energy,
+                    0.0,
+                    None,
+                );
+                nll += sums.nll.double_value(&[]);
+                pnll += sums.proposal_nll.double_value(&[]);
+                se += sums.sq_err.double_value(&[]);
+                entries += sums.entries;
+            }
+        });
+        let e = entries.max(1) as f64;
+        ValFigures {
+            nll: nll / e,
+            proposal_nll: pnll / e,
+            rmse: (se / e).sqrt(),
+        }
+    }
+}
+
 impl Trainee for Emshap<'_> {
     fn rows(&self) -> usize {
         self.x.size()[0] as usize
@@ -356,6 +455,18 @@ impl Trainee for Emshap<'_> {
         self.phases.take()
     }
 
+    fn lr_factor(&self, epoch: usize) -> Option<f64> {
+        Some(self.s.lr_factor(epoch))
+    }
+
+    fn counts_for_patience(&self, epoch: usize) -> bool {
+        epoch >= self.s.warmup_epochs
+    }
+
+    fn val_proposal_nll(&self) -> Option<f64> {
+        self.last_val.get().map(|v| v.proposal_nll)
+    }
+
     fn train_epoch(
         &mut self,
         epoch: usize,
@@ -366,6 +477,7 @@ impl Trainee for Emshap<'_> {
         let n = self.rows();
         let d = self.net.d as usize;
         let rate = self.s.mask_rate(epoch);
+        let energy = self.s.trains_energy(epoch);
         let bs = self.s.common.batch_size;
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(rng);
@@ -375,9 +487,12 @@ impl Trainee for Emshap<'_> {
         for start in (0..n).step_by(bs) {
             let t0 = Instant::now();
             let len = bs.min(n - start);
-            let xb = self
+            let mut xb = self
                 .x
                 .index_select(0, &order.narrow(0, start as i64, len as i64));
+            if self.s.input_noise > 0.0 {
+                xb = &xb + xb.randn_like() * self.s.input_noise;
+            }
             let b = tensors::matrix(&masks(rng, len, d, rate), len, d, self.device);
             phases.data += t0.elapsed().as_secs_f64();
             let sums = self.net.loss(
@@ -385,6 +500,8 @@ impl Trainee for Emshap<'_> {
                 &b,
                 self.s.proposals as i64,
                 &Draws::Fresh,
+                energy,
+                self.s.energy_penalty,
                 Some(&mut phases),
             );
             let loss = sums.loss / len as f64;
@@ -403,31 +520,110 @@ impl Trainee for Emshap<'_> {
         Ok(total.double_value(&[]) / n as f64)
     }
 
-    fn validate(&self) -> Result<(f64, Option<f64>)> {
-        let n = self.val_x.size()[0];
-        let (mut loss, mut nll, mut entries) = (0.0, 0.0, 0i64);
-        tch::no_grad(|| {
-            for start in (0..n).step_by(CHUNK) {
-                let len = (CHUNK as i64).min(n - start);
-                let sl = |t: &Tensor| t.narrow(0, start, len);
-                let (u, z) = (sl(&self.val_u), sl(&self.val_z));
-                let sums = self.net.loss(
-                    &sl(&self.val_x),
-                    &sl(&self.val_b),
-                    self.s.proposals as i64,
-                    &Draws::Given { u: &u, z: &z },
-                    None,
-                );
-                loss += sums.loss.double_value(&[]);
-                nll += sums.nll.double_value(&[]);
-                entries += sums.entries;
-            }
-        });
-        Ok((loss / n as f64, Some(nll / entries.max(1) as f64)))
+    /// The validation loss is the NLL of the density the export would ship from these
+    /// weights: the proposal's during the warm-up, afterwards the better of the proposal
+    /// and the energy density (with `val_proposals` candidates).
+    fn validate(&self, epoch: usize) -> Result<(f64, Option<f64>)> {
+        let energy = self.s.trains_energy(epoch);
+        let f = self.val_figures(energy, self.s.val_proposals as i64, None);
+        self.last_val.set(Some(f));
+        let loss = if energy && self.s.energy == EnergyChoice::On {
+            f.nll
+        } else {
+            f.nll.min(f.proposal_nll)
+        };
+        Ok((loss, energy.then_some(f.nll)))
     }
 }
 
-/// Runs `dense` over rows in chunks; returns the four outputs flattened, standardised.
+/// Whether the energy correction is kept, and the validation figures it was decided on.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnergyDecision {
+    pub on: bool,
+    pub reason: String,
+    /// Validation NLL per unobserved entry (standardised units) of the proposal, and of the
+    /// energy density with K and 4K candidates (absent when the energy never trained).
+    pub proposal_nll: f64,
+    pub energy_nll: Option<f64>,
+    pub energy_nll_4k: Option<f64>,
+    pub k: usize,
+    /// Validation RMSE (standardised) of the conditional mean, proposal and energy.
+    pub proposal_rmse: f64,
+    pub energy_rmse: Option<f64>,
+}
+
+/// Validation with K and 4K candidates at the chosen checkpoint: the energy stays only when
+/// its NLL, less the gap between the two estimates (how far from converged it is), beats
+/// the proposal's, and its conditional mean is no worse.
+fn decide(t: &Emshap, seed: u64) -> EnergyDecision {
+    let s = t.s;
+    let k = s.val_proposals;
+    let q = t.val_figures(false, 1, None);
+    let base = EnergyDecision {
+        on: false,
+        reason: String::new(),
+        proposal_nll: q.proposal_nll,
+        energy_nll: None,
+        energy_nll_4k: None,
+        k,
+        proposal_rmse: q.rmse,
+        energy_rmse: None,
+    };
+    if s.energy == EnergyChoice::Off {
+        return EnergyDecision {
+            reason: "energy off (--energy off): the graph is the proposal".into(),
+            ..base
+        };
+    }
+    if s.warmup_epochs >= s.common.epochs {
+        return EnergyDecision {
+            reason: "the energy network never trained (warm-up took every epoch): the graph is the proposal".into(),
+            ..base
+        };
+    }
+    let p = t.val_figures(true, k as i64, None);
+    let (n, d) = (t.val_x.size()[0] as usize, t.net.d as usize);
+    let k4 = 4 * k;
+    let draws = fixed_draws(seed ^ 0x4444, n, k4, d, 0.5);
+    let ndk = |v: &[f32]| {
+        tensors::matrix(v, n, k4 * d, t.device)
+            .view([n as i64, k4 as i64, d as i64])
+            .permute([0, 2, 1])
+            .contiguous()
+    };
+    let (u4, z4) = (ndk(&draws.u), ndk(&draws.z));
+    let p4 = t.val_figures(true, k4 as i64, Some((&u4, &z4)));
+    let gap = (p4.nll - p.nll).abs();
+    let gain = q.proposal_nll - p4.nll;
+    let mut d = EnergyDecision {
+        energy_nll: Some(p.nll),
+        energy_nll_4k: Some(p4.nll),
+        energy_rmse: Some(p4.rmse),
+        ..base
+    };
+    if s.energy == EnergyChoice::On {
+        d.on = true;
+        d.reason = format!(
+            "energy on (--energy on); validation NLL {:.4} vs the proposal's {:.4}",
+            p4.nll, q.proposal_nll
+        );
+    } else if gain > gap && p4.rmse <= q.rmse {
+        d.on = true;
+        d.reason = format!(
+            "energy on: validation NLL {:.4} (K = {k4}; {:.4} at K = {k}) beats the proposal's {:.4}, conditional-mean RMSE {:.4} vs {:.4}",
+            p4.nll, p.nll, q.proposal_nll, p4.rmse, q.rmse
+        );
+    } else {
+        d.reason = format!(
+            "energy off: the energy density does not beat its proposal on validation (NLL {:.4} at K = {k4}, {:.4} at K = {k}, proposal {:.4}; conditional-mean RMSE {:.4} vs {:.4}): the graph is the proposal",
+            p4.nll, p.nll, q.proposal_nll, p4.rmse, q.rmse
+        );
+    }
+    d
+}
+
+/// Runs `dense` over rows in chunks; returns the outputs flattened, standardised.
+#[allow(clippy::too_many_arguments)]
 fn dense_all(
     net: &Net,
     xs: &[f32],
@@ -435,9 +631,10 @@ fn dense_all(
     n: usize,
     k: usize,
     d: usize,
+    energy: bool,
     device: Device,
-) -> [Vec<f32>; 6] {
-    let mut out: [Vec<f32>; 6] = Default::default();
+) -> [Vec<f32>; 7] {
+    let mut out: [Vec<f32>; 7] = Default::default();
     tch::no_grad(|| {
         for start in (0..n).step_by(CHUNK) {
             let len = CHUNK.min(n - start);
@@ -448,7 +645,7 @@ fn dense_all(
             let b = rows(&draws.observed, d);
             let u = rows(&draws.u, k * d).view([len as i64, k as i64, d as i64]);
             let z = rows(&draws.z, k * d).view([len as i64, k as i64, d as i64]);
-            for (acc, t) in out.iter_mut().zip(net.dense(&x, &b, &u, &z)) {
+            for (acc, t) in out.iter_mut().zip(net.dense(&x, &b, &u, &z, energy)) {
                 acc.extend(tensors::to_vec(&t));
             }
         }
@@ -457,34 +654,47 @@ fn dense_all(
 }
 
 /// Test-split figures in libtorch at mask rate 0.5 (evaluate re-scores through ONNX
-/// Runtime): NLL and imputation RMSE over the masked entries, each error divided by the
-/// feature's test standard deviation, and the mean-imputation RMSE for comparison.
+/// Runtime): NLL and imputation RMSE over the masked entries of the shipped density, each
+/// error divided by the feature's test standard deviation, the same for the proposal alone,
+/// and the mean-imputation RMSE for comparison.
 fn test_kpis(
     net: &Net,
     snap: &Snapshot,
     k: usize,
+    energy: bool,
     seed: u64,
     device: Device,
 ) -> BTreeMap<String, f64> {
     let t = &snap.test;
     let (n, d) = (t.n.min(4096), t.d);
+    let k = if energy { k } else { 1 };
     let draws = fixed_draws(seed ^ 0x7e57, n, k, d, 0.5);
     let xs = &t.x[..n * d];
-    let [imputed, _, _, log_p, _, _] = dense_all(net, xs, &draws, n, k, d, device);
-    // In standardised units: the error ratios are the same as in raw units, and the raw
-    // log density is log p̂ − log σ.
-    let log_density: Vec<f32> = log_p
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| v - snap.scaler.std[i % d].ln() as f32)
-        .collect();
+    let raw_log = |v: &[f32]| -> Vec<f32> {
+        // In standardised units: the error ratios are the same as in raw units, and the raw
+        // log density is log p̂ − log σ.
+        v.iter()
+            .enumerate()
+            .map(|(i, &v)| v - snap.scaler.std[i % d].ln() as f32)
+            .collect()
+    };
+    let [imputed, _, _, log_p, log_q, _, _] = dense_all(net, xs, &draws, n, k, d, energy, device);
     let sd = column_sd(&t.x, d);
-    let mut m = emshap_kpis(xs, &draws.observed, &imputed, &log_density, &sd);
+    let mut m = emshap_kpis(xs, &draws.observed, &imputed, &raw_log(&log_p), &sd);
+    let [q_mean, _, _, _, _, _, _] = if energy {
+        dense_all(net, xs, &draws, n, k, d, false, device)
+    } else {
+        [imputed.clone(), vec![], vec![], vec![], vec![], vec![], vec![]]
+    };
+    let q = emshap_kpis(xs, &draws.observed, &q_mean, &raw_log(&log_q), &sd);
+    m.insert("proposal_nll".into(), q["nll"]);
+    m.insert("proposal_imputation_rmse".into(), q["imputation_rmse"]);
     // Mean imputation: the training mean, 0 in standardised units.
     let zeros = vec![0.0; n * d];
-    let baseline = emshap_kpis(xs, &draws.observed, &zeros, &log_density, &sd);
+    let baseline = emshap_kpis(xs, &draws.observed, &zeros, &raw_log(&log_p), &sd);
     m.insert("mean_imputation_rmse".into(), baseline["imputation_rmse"]);
     m.insert("rows".into(), n as f64);
+    m.insert("energy".into(), if energy { 1.0 } else { 0.0 });
     m
 }
 
@@ -492,7 +702,7 @@ fn weights_of(t: &Tensor) -> Vec<f32> {
     tensors::to_vec(t)
 }
 
-fn export(net: &Net, snap: &Snapshot, s: &EmshapSettings) -> Vec<u8> {
+fn export(net: &Net, snap: &Snapshot, s: &EmshapSettings, energy: &EnergyDecision) -> Vec<u8> {
     let (d, m, c) = (net.d, net.m, net.c);
     let mut g = GraphBuilder::new();
     let features = g.input("features", &[Dim::Named("N"), Dim::Fixed(d)]);
@@ -620,96 +830,111 @@ fn export(net: &Net, snap: &Snapshot, s: &EmshapSettings) -> Vec<u8> {
             vec![attr_ints("axes", &[3]), attr_int("keepdims", 0)],
         )
     };
-    let lq_v = log_q(&mut g, &v);
-
-    // Energies of [x, v_1..v_K]: the first layer's per-entry part once, then per candidate.
-    let w = net.inp.ws.detach().to_device(Device::Cpu);
-    let eh = w.size()[0];
-    let w_v = g.constant("energy_wv", &[eh], &weights_of(&w.narrow(1, 0, 1)));
-    let w_oh_t = g.constant(
-        "energy_onehot",
-        &[d, eh],
-        &weights_of(&w.narrow(1, 1, d).tr()),
-    );
-    let w_c_t = g.constant(
-        "energy_wc",
-        &[c, eh],
-        &weights_of(&w.narrow(1, 1 + d, c).tr()),
-    );
-    let b_in = g.constant(
-        "energy_bias",
-        &[eh],
-        &weights_of(net.inp.bs.as_ref().expect("bias")),
-    );
-    let base = g.op("MatMul", &[&ctx, &w_c_t], vec![]);
-    let base = g.op("Add", &[&base, &b_in], vec![]);
-    let base = g.op("Add", &[&base, &w_oh_t], vec![]);
-    let base4 = g.op("Unsqueeze", &[&base, &ax1], vec![]);
     let xs3 = g.op("Unsqueeze", &[&xs, &ax1], vec![]);
-    let cand = g.op("Concat", &[&xs3, &v], vec![attr_int("axis", 1)]);
-    let cand4 = g.op("Unsqueeze", &[&cand, &ax3], vec![]);
-    let hh = g.op("Mul", &[&cand4, &w_v], vec![]);
-    let mut hh = g.op("Add", &[&hh, &base4], vec![]);
-    let matmul = |g: &mut GraphBuilder, input: &str, l: &nn::Linear, name: &str| {
-        let wt = l.ws.detach().to_device(Device::Cpu).tr();
-        let wn = g.constant(&format!("{name}_weight_t"), &wt.size(), &weights_of(&wt));
-        let bn = g.constant(
-            &format!("{name}_bias"),
-            &[wt.size()[1]],
-            &weights_of(l.bs.as_ref().expect("bias")),
-        );
-        let t = g.op("MatMul", &[input, &wn], vec![]);
-        g.op("Add", &[&t, &bn], vec![])
-    };
-    for (i, (a, b)) in net.blocks.iter().enumerate() {
-        let t = matmul(&mut g, &hh, a, &format!("block{i}_a"));
-        let t = g.op("Relu", &[&t], vec![]);
-        let t = matmul(&mut g, &t, b, &format!("block{i}_b"));
-        hh = g.op("Add", &[&hh, &t], vec![]);
-    }
-    let hh = g.op("Relu", &[&hh], vec![]);
-    let e = matmul(&mut g, &hh, &net.out, "energy_out");
-    let e = g.op("Squeeze", &[&e, &ax3], vec![]);
-    let e = g.op("Softplus", &[&e], vec![]);
-    let emax = g.scalar("energy_max", ENERGY_MAX as f32);
-    let e = g.op("Clip", &[&e, &zero, &emax], vec![]);
-    let s0 = g.constant_i64("start", &[1], &[0]);
-    let s1 = g.constant_i64("end", &[1], &[1]);
-    let send = g.constant_i64("end", &[1], &[i64::MAX]);
-    let e_x = g.op("Slice", &[&e, &s0, &s1, &ax1], vec![]);
-    let e_x = g.op("Squeeze", &[&e_x, &ax1], vec![]);
-    let e_v = g.op("Slice", &[&e, &s1, &send, &ax1], vec![]);
+    let lq_x = log_q(&mut g, &xs3);
+    let lq_x = g.op("Squeeze", &[&lq_x, &ax1], vec![]);
 
-    // Weights, imputation, and the density of the given values.
-    let neg_e = g.op("Neg", &[&e_v], vec![]);
-    let logw = g.op("Sub", &[&neg_e, &lq_v], vec![]);
-    let weights = g.op("Softmax", &[&logw], vec![attr_int("axis", 1)]);
-    let wv = g.op("Mul", &[&weights, &v], vec![]);
-    let imp = g.op("ReduceSum", &[&wv, &ax1], vec![attr_int("keepdims", 0)]);
     let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
     let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
     let log_std: Vec<f32> = snap.scaler.std.iter().map(|&v| v.ln() as f32).collect();
     let mean_c = g.constant("raw_mean", &[d], &mean);
     let std_c = g.constant("raw_std", &[d], &std);
     let log_std_c = g.constant("raw_log_std", &[d], &log_std);
+
+    // The proposal's log density of the given values, raw units.
+    let lq_raw = g.op("Sub", &[&lq_x, &log_std_c], vec![]);
+    let proposal_log_density = g.op("Where", &[&obs, &zero, &lq_raw], vec![]);
+
+    let (weights, imp, logp) = if energy.on {
+        // Energies of [x, v_1..v_K]: the first layer's per-entry part once, then per
+        // candidate.
+        let w = net.inp.ws.detach().to_device(Device::Cpu);
+        let eh = w.size()[0];
+        let w_v = g.constant("energy_wv", &[eh], &weights_of(&w.narrow(1, 0, 1)));
+        let w_oh_t = g.constant(
+            "energy_onehot",
+            &[d, eh],
+            &weights_of(&w.narrow(1, 1, d).tr()),
+        );
+        let w_c_t = g.constant(
+            "energy_wc",
+            &[c, eh],
+            &weights_of(&w.narrow(1, 1 + d, c).tr()),
+        );
+        let b_in = g.constant(
+            "energy_bias",
+            &[eh],
+            &weights_of(net.inp.bs.as_ref().expect("bias")),
+        );
+        let base = g.op("MatMul", &[&ctx, &w_c_t], vec![]);
+        let base = g.op("Add", &[&base, &b_in], vec![]);
+        let base = g.op("Add", &[&base, &w_oh_t], vec![]);
+        let base4 = g.op("Unsqueeze", &[&base, &ax1], vec![]);
+        let cand = g.op("Concat", &[&xs3, &v], vec![attr_int("axis", 1)]);
+        let cand4 = g.op("Unsqueeze", &[&cand, &ax3], vec![]);
+        let hh = g.op("Mul", &[&cand4, &w_v], vec![]);
+        let mut hh = g.op("Add", &[&hh, &base4], vec![]);
+        let matmul = |g: &mut GraphBuilder, input: &str, l: &nn::Linear, name: &str| {
+            let wt = l.ws.detach().to_device(Device::Cpu).tr();
+            let wn = g.constant(&format!("{name}_weight_t"), &wt.size(), &weights_of(&wt));
+            let bn = g.constant(
+                &format!("{name}_bias"),
+                &[wt.size()[1]],
+                &weights_of(l.bs.as_ref().expect("bias")),
+            );
+            let t = g.op("MatMul", &[input, &wn], vec![]);
+            g.op("Add", &[&t, &bn], vec![])
+        };
+        for (i, (a, b)) in net.blocks.iter().enumerate() {
+            let t = matmul(&mut g, &hh, a, &format!("block{i}_a"));
+            let t = g.op("Relu", &[&t], vec![]);
+            let t = matmul(&mut g, &t, b, &format!("block{i}_b"));
+            hh = g.op("Add", &[&hh, &t], vec![]);
+        }
+        let hh = g.op("Relu", &[&hh], vec![]);
+        let e = matmul(&mut g, &hh, &net.out, "energy_out");
+        let e = g.op("Squeeze", &[&e, &ax3], vec![]);
+        let e = g.op("Softplus", &[&e], vec![]);
+        let emax = g.scalar("energy_max", ENERGY_MAX as f32);
+        let e = g.op("Clip", &[&e, &zero, &emax], vec![]);
+        let s0 = g.constant_i64("start", &[1], &[0]);
+        let s1 = g.constant_i64("end", &[1], &[1]);
+        let send = g.constant_i64("end", &[1], &[i64::MAX]);
+        let e_x = g.op("Slice", &[&e, &s0, &s1, &ax1], vec![]);
+        let e_x = g.op("Squeeze", &[&e_x, &ax1], vec![]);
+        let e_v = g.op("Slice", &[&e, &s1, &send, &ax1], vec![]);
+        // Residual form p ∝ q·exp(−E): weights ∝ exp(−E(v_k)), bounded.
+        let logw = g.op("Neg", &[&e_v], vec![]);
+        let weights = g.op("Softmax", &[&logw], vec![attr_int("axis", 1)]);
+        let wv = g.op("Mul", &[&weights, &v], vec![]);
+        let imp = g.op("ReduceSum", &[&wv, &ax1], vec![attr_int("keepdims", 0)]);
+        let shape = g.op("Shape", &[&noise], vec![]);
+        let k_idx = g.constant_i64("k_index", &[], &[1]);
+        let k_n = g.op("Gather", &[&shape, &k_idx], vec![attr_int("axis", 0)]);
+        let k_f = g.op("Cast", &[&k_n], vec![attr_int("to", 1)]);
+        let log_k = g.op("Log", &[&k_f], vec![]);
+        let lse = g.op(
+            "ReduceLogSumExp",
+            &[&logw],
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
+        );
+        let log_z = g.op("Sub", &[&lse, &log_k], vec![]);
+        let logp = g.op("Sub", &[&lq_x, &e_x], vec![]);
+        let logp = g.op("Sub", &[&logp, &log_z], vec![]);
+        (weights, imp, logp)
+    } else {
+        // The proposal alone: uniform weights, the mixture's exact mean, log q.
+        let zeros = g.op("Mul", &[&v, &zero], vec![]);
+        let weights = g.op("Softmax", &[&zeros], vec![attr_int("axis", 1)]);
+        let pm = g.op("Mul", &[&probs, &means], vec![]);
+        let imp = g.op("ReduceSum", &[&pm, &axis2], vec![attr_int("keepdims", 0)]);
+        (weights, imp, lq_x.clone())
+    };
     let imp = g.op("Mul", &[&imp, &std_c], vec![]);
     let imp = g.op("Add", &[&imp, &mean_c], vec![]);
     let imputed = g.op("Where", &[&obs, &features, &imp], vec![]);
     let samples = g.op("Mul", &[&v, &std_c], vec![]);
     let samples = g.op("Add", &[&samples, &mean_c], vec![]);
-    let shape = g.op("Shape", &[&noise], vec![]);
-    let k_idx = g.constant_i64("k_index", &[], &[1]);
-    let k_n = g.op("Gather", &[&shape, &k_idx], vec![attr_int("axis", 0)]);
-    let k_f = g.op("Cast", &[&k_n], vec![attr_int("to", 1)]);
-    let log_k = g.op("Log", &[&k_f], vec![]);
-    let lse = g.op(
-        "ReduceLogSumExp",
-        &[&logw],
-        vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
-    );
-    let log_z = g.op("Sub", &[&lse, &log_k], vec![]);
-    let neg_ex = g.op("Neg", &[&e_x], vec![]);
-    let logp = g.op("Sub", &[&neg_ex, &log_z], vec![]);
     let logp = g.op("Sub", &[&logp, &log_std_c], vec![]);
     let log_density = g.op("Where", &[&obs, &zero, &logp], vec![]);
 
@@ -719,9 +944,16 @@ fn export(net: &Net, snap: &Snapshot, s: &EmshapSettings) -> Vec<u8> {
     g.output(&samples, "samples", &nkd);
     g.output(&weights, "weights", &nkd);
     g.output(&log_density, "log_density", &nd);
+    g.output(&proposal_log_density, "proposal_log_density", &nd);
     let mut meta = metadata(snap, &s.common.sha, "emshap");
     meta.push(("proposals", s.proposals.to_string()));
     meta.push(("mixtures", s.mixtures.to_string()));
+    meta.push((
+        "energy_correction",
+        if energy.on { "on" } else { "off" }.to_string(),
+    ));
+    meta.push(("energy_decision", energy.reason.clone()));
+    meta.push(("density_form", "residual: p ∝ q·exp(−E)".to_string()));
     g.finish("emshap_model", &meta).encode_to_vec()
 }
 
@@ -750,6 +982,7 @@ fn prove(
     net: &Net,
     snap: &Snapshot,
     s: &EmshapSettings,
+    energy: bool,
     device: Device,
 ) -> Result<super::Proof> {
     let rows = proof_rows(snap);
@@ -773,7 +1006,8 @@ fn prove(
         all
     });
     keep_off_steps(&mut draws.u, &cdf, n, k, d, m);
-    let [imp, v, w, log_p, log_p_scale, logw_scale] = dense_all(net, &xs, &draws, n, k, d, device);
+    let [imp, v, w, log_p, log_q, log_p_scale, logw_scale] =
+        dense_all(net, &xs, &draws, n, k, d, energy, device);
     // Per entry, the largest logit term of its weights: the imputation's scale with σ.
     let entry_terms: Vec<f64> = (0..n * d)
         .map(|i| {
@@ -801,15 +1035,19 @@ fn prove(
         .enumerate()
         .map(|(i, &x)| x * std[i % d] + mean[i % d])
         .collect();
-    let want_density: Vec<f32> = (0..n * d)
-        .map(|i| {
-            if draws.observed[i] > 0.5 {
-                0.0
-            } else {
-                log_p[i] - log_std[i % d]
-            }
-        })
-        .collect();
+    let masked = |v: &[f32]| -> Vec<f32> {
+        (0..n * d)
+            .map(|i| {
+                if draws.observed[i] > 0.5 {
+                    0.0
+                } else {
+                    v[i] - log_std[i % d]
+                }
+            })
+            .collect()
+    };
+    let want_density = masked(&log_p);
+    let want_proposal = masked(&log_q);
     let mut cmp = Comparison::default();
     let mut session = onnx::Session::new(model, s.common.threads)?;
     for start in (0..n).step_by(CHUNK) {
@@ -852,6 +1090,7 @@ fn prove(
                 "samples" => &want_samples[nkd.clone()],
                 "weights" => &w[nkd.clone()],
                 "log_density" => &want_density[nd.clone()],
+                "proposal_log_density" => &want_proposal[nd.clone()],
                 other => {
                     return Err(Error::Internal(anyhow::anyhow!(
                         "the EMSHAP graph has an unexpected output {other}"
@@ -864,12 +1103,16 @@ fn prove(
             // log q(v); the imputation on σ times its weights' largest term.
             let sd = |i: usize| snap.scaler.std[i % d];
             let terms = |i: usize| f64::from(log_p_scale[start * d + i]).max(1.0);
+            let q_terms = |i: usize| f64::from(log_q[start * d + i].abs()).max(1.0);
             let w_terms = |i: usize| f64::from(logw_scale[start * k * d + i]).max(1.0);
             let imp_terms = |i: usize| snap.scaler.std[i % d] * entry_terms[start * d + i];
             match name.as_str() {
                 "samples" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, sd)?,
                 "imputed" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, imp_terms)?,
                 "log_density" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, terms)?,
+                "proposal_log_density" => {
+                    cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, q_terms)?
+                }
                 "weights" => cmp.add_scaled(EMSHAP_ONNX, name, &t.data, want, w_terms)?,
                 _ => cmp.add(EMSHAP_ONNX, name, &t.data, want)?,
             }
@@ -893,7 +1136,7 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     };
     let train_split: Split = sample_rows(&snap.train, c.max_rows.unwrap_or(default_rows), c.seed);
     let d = train_split.d;
-    let k = s.proposals;
+    let k = s.val_proposals;
     let vn = snap.val.n.min(s.val_rows);
     let val = fixed_draws(c.seed ^ 0x7a1, vn, k, d, 0.5);
     // The validation draws in the [N, d, K] layout the sparse loss indexes by entry.
@@ -915,16 +1158,19 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
         val_z: ndk(&val.z),
         device,
         phases: None,
+        last_val: Default::default(),
     };
     let fitted = fit::fit(&vs, &mut trainee, c, &mut rng, progress)?;
     progress.finish();
 
-    let test = test_kpis(&net, &snap, k, c.seed, device);
-    let model = export(&net, &snap, s);
+    let decision = decide(&trainee, c.seed);
+    tracing::info!(energy = decision.on, reason = %decision.reason, "energy correction");
+    let test = test_kpis(&net, &snap, k, decision.on, c.seed, device);
+    let model = export(&net, &snap, s, &decision);
     // The proof's libtorch side runs on the CPU, like ONNX Runtime here: it checks the
     // export, not how a GPU rounds.
     let (_cpu_vs, cpu_net) = tensors::on_cpu(&vs, |p| Net::new(p, d as i64, s))?;
-    let proof = prove(&model, &cpu_net, &snap, s, Device::Cpu)?;
+    let proof = prove(&model, &cpu_net, &snap, s, decision.on, Device::Cpu)?;
     super::finish(
         super::Trained {
             model: "emshap",
@@ -940,6 +1186,7 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
             onnx: (EMSHAP_ONNX, model),
             checkpoint: EMSHAP_CHECKPOINT,
             history_file: EMSHAP_HISTORY,
+            energy: Some(serde_json::to_value(&decision).map_err(|e| Error::Internal(e.into()))?),
         },
         &snap,
     )
@@ -957,23 +1204,40 @@ mod tests {
         let mut s = resolve_train_emshap(&Default::default(), &ConfigFile::default()).unwrap();
         s.proposals = 4;
         s.common.threads = 2;
-        let vs = nn::VarStore::new(Device::Cpu);
-        let net = Net::new(&vs.root(), snap.train.d as i64, &s);
-        let model = export(&net, &snap, &s);
-        let proof = prove(&model, &net, &snap, &s, Device::Cpu).unwrap();
-        assert!(proof.rows >= crate::train::PROOF_ROWS);
-        assert_eq!(proof.max_rel_diff.len(), 4);
-        // libtorch's proposal moves away from the exported file: its samples differ.
-        let mut bias = net.head2.bs.as_ref().unwrap().shallow_clone();
-        tch::no_grad(|| {
-            let _ = bias.f_add_scalar_(0.05).unwrap();
-        });
-        let e = prove(&model, &net, &snap, &s, Device::Cpu).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("export proof of emshap_model.onnx failed"),
-            "{e}"
-        );
+        for on in [false, true] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = Net::new(&vs.root(), snap.train.d as i64, &s);
+            let decision = EnergyDecision {
+                on,
+                reason: "test".into(),
+                proposal_nll: 0.0,
+                energy_nll: None,
+                energy_nll_4k: None,
+                k: 4,
+                proposal_rmse: 0.0,
+                energy_rmse: None,
+            };
+            let model = export(&net, &snap, &s, &decision);
+            let proof = prove(&model, &net, &snap, &s, on, Device::Cpu).unwrap();
+            assert!(proof.rows >= crate::train::PROOF_ROWS);
+            assert_eq!(proof.max_rel_diff.len(), 5, "{:?}", proof.max_rel_diff);
+            assert_eq!(
+                crate::explain::energy_correction(&model),
+                Some(on),
+                "the metadata says whether the energy is on"
+            );
+            // libtorch's proposal moves away from the exported file: its samples differ.
+            let mut bias = net.head2.bs.as_ref().unwrap().shallow_clone();
+            tch::no_grad(|| {
+                let _ = bias.f_add_scalar_(0.05).unwrap();
+            });
+            let e = prove(&model, &net, &snap, &s, on, Device::Cpu).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("export proof of emshap_model.onnx failed"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -27,14 +27,28 @@ pub trait Trainee {
         rng: &mut ChaCha8Rng,
         progress: &Progress,
     ) -> Result<f64>;
-    /// The validation loss, and (EMSHAP) the validation NLL.
-    fn validate(&self) -> Result<(f64, Option<f64>)>;
+    /// The validation loss after epoch `epoch`, and (EMSHAP) the validation NLL.
+    fn validate(&self, epoch: usize) -> Result<(f64, Option<f64>)>;
+    /// EMSHAP: the proposal's validation NLL from the last `validate`.
+    fn val_proposal_nll(&self) -> Option<f64> {
+        None
+    }
     fn mask_rate(&self, _epoch: usize) -> Option<f64> {
         None
     }
     /// Where the last epoch's time went, when the model measures it.
     fn phases(&mut self) -> Option<BTreeMap<String, f64>> {
         None
+    }
+    /// A learning-rate schedule of the model's own (a factor of the base rate per epoch);
+    /// None: halve after a plateau.
+    fn lr_factor(&self, _epoch: usize) -> Option<f64> {
+        None
+    }
+    /// Whether epoch `e` counts towards early stopping (EMSHAP: not during its warm-up,
+    /// where the validation figure is the proposal's alone).
+    fn counts_for_patience(&self, _epoch: usize) -> bool {
+        true
     }
 }
 
@@ -81,10 +95,14 @@ pub fn fit(
     let mut epochs = Vec::new();
     let mut stopped_early = false;
     for epoch in 0..s.epochs {
+        if let Some(f) = model.lr_factor(epoch) {
+            lr = s.lr * f;
+            opt.set_lr(lr);
+        }
         let t0 = Instant::now();
         let train_loss = model.train_epoch(epoch, &mut opt, rng, progress)?;
         let seconds = t0.elapsed().as_secs_f64();
-        let (val_loss, val_nll) = model.validate()?;
+        let (val_loss, val_nll) = model.validate(epoch)?;
         if !train_loss.is_finite() || !val_loss.is_finite() {
             return Err(Error::usage(
                 "training",
@@ -107,6 +125,7 @@ pub fn fit(
             train_loss,
             val_loss,
             val_nll,
+            val_proposal_nll: model.val_proposal_nll(),
             mask_rate: model.mask_rate(epoch),
             lr,
             seconds,
@@ -117,14 +136,14 @@ pub fn fit(
             best = (val_loss, epoch + 1, snapshot(vs));
             since_best = 0;
             since_lr = 0;
-        } else {
+        } else if model.counts_for_patience(epoch) {
             since_best += 1;
             since_lr += 1;
             if since_best >= s.patience {
                 stopped_early = epoch + 1 < s.epochs;
                 break;
             }
-            if since_lr >= plateau {
+            if since_lr >= plateau && model.lr_factor(epoch).is_none() {
                 lr *= 0.5;
                 opt.set_lr(lr);
                 since_lr = 0;

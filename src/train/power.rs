@@ -133,7 +133,7 @@ impl Trainee for Power<'_> {
         Ok(total.double_value(&[]) / n as f64)
     }
 
-    fn validate(&self) -> Result<(f64, Option<f64>)> {
+    fn validate(&self, _epoch: usize) -> Result<(f64, Option<f64>)> {
         let loss = tch::no_grad(|| {
             self.net
                 .forward_t(&self.val_x, false)
@@ -244,6 +244,7 @@ pub fn raw_features(x: &[f32], snap: &Snapshot) -> Vec<f32> {
 }
 
 fn export(net: &Net, snap: &Snapshot, y_scale: (f64, f64), sha: &str) -> Vec<u8> {
+    let base = base_value(net, snap, y_scale);
     let d = snap.dataset.features.len() as i64;
     let mut g = GraphBuilder::new();
     let x = g.input("features", &[Dim::Named("N"), Dim::Fixed(d)]);
@@ -273,7 +274,27 @@ fn export(net: &Net, snap: &Snapshot, y_scale: (f64, f64), sha: &str) -> Vec<u8>
     let mut meta = metadata(snap, sha, "power_predictor");
     meta.push(("target_mean", y_scale.0.to_string()));
     meta.push(("target_std", y_scale.1.to_string()));
+    meta.push(("base_value", base.to_string()));
+    meta.push(("base_value_rows", snap.train.n.to_string()));
     g.finish("power_predictor", &meta).encode_to_vec()
+}
+
+/// v(∅) = E[f(X)] of DESIGN §6: the model's mean prediction over the whole train split
+/// (raw units), stored in the graph's metadata so explain's Σφ = f(x) − v(∅) carries no
+/// Monte Carlo noise in v(∅).
+fn base_value(net: &Net, snap: &Snapshot, y_scale: (f64, f64)) -> f64 {
+    let t = &snap.train;
+    let mut sum = 0.0;
+    tch::no_grad(|| {
+        for start in (0..t.n).step_by(8192) {
+            let len = 8192.min(t.n - start);
+            let x = tensors::matrix(&t.x[start * t.d..(start + len) * t.d], len, t.d, Device::Cpu)
+                .to_device(net.l1.ws.device());
+            let y = net.forward_t(&x, false).to_device(Device::Cpu);
+            sum += y.sum(tch::Kind::Double).double_value(&[]);
+        }
+    });
+    (sum / t.n.max(1) as f64) * y_scale.1 + y_scale.0
 }
 
 /// A model folder's power predictor rebuilt in libtorch (CPU) from its history's settings,
@@ -452,6 +473,7 @@ pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
             onnx: (POWER_ONNX, model),
             checkpoint: POWER_CHECKPOINT,
             history_file: POWER_HISTORY,
+            energy: None,
         },
         &snap,
     )
