@@ -15,6 +15,8 @@ mod onnx_python;
 mod pull_file;
 mod pull_kafka;
 #[cfg(feature = "torch")]
+mod quality;
+#[cfg(feature = "torch")]
 mod run;
 mod s3;
 mod smoke;
