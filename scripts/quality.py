@@ -116,21 +116,26 @@ def make_targets(dist, d, which):
         for k in range(d - 1):                                     # adjacent (correlated) pairs
             A[k, k + 1] = A[k + 1, k] = 3.0 * (1.0 if k % 2 == 0 else -1.0)
         out.append(Target("quadratic", 200.0, w, A, m, s))
+    if "softplus" in which:
+        # A smooth max along a direction of correlated features (not a polynomial).
+        u = np.zeros(d)
+        u[[0, 1, 3]] = [1.0, 1.0, -1.0]
+        out.append(Target("softplus", 200.0, w, np.zeros((d, d)), m, s, h=15.0, u=3.0 * u / math.sqrt(3.0), b=0.0))
     return out
 
 
-def build_case(name, fast):
+def build_case(name, targets):
     mt = re.fullmatch(r"gauss(\d+)_rho([0-9.]+)", name)
     if mt:
         d, rho = int(mt.group(1)), float(mt.group(2))
         assert d <= len(METRICS) and 0 <= rho < 1
         dist = gaussian_case(d, rho)
-        which = ["linear"] if d > 12 else ["linear", "quadratic"]
+        which = ["linear"] if d > 12 else targets
         return dict(name=name, d=d, dist=dist, kind="gaussian", rho=rho,
                     targets=make_targets(dist, d, which))
     if name == "telemetry8":
         dist = telemetry_case()
-        return dict(name=name, d=8, dist=dist, kind="telemetry", targets=make_targets(dist, 8, ["linear", "quadratic"]))
+        return dict(name=name, d=8, dist=dist, kind="telemetry", targets=make_targets(dist, 8, targets))
     raise SystemExit(f"unknown case {name!r} (known: {', '.join(ALL_CASES)}, or gaussD_rhoR)")
 
 
@@ -186,9 +191,8 @@ def write_power_onnx(path, target, names, base_value):
         helper.make_node("Div", ["xc", "s"], ["z"]),
         helper.make_node("MatMul", ["z", "w"], ["lin"]),
     ]
-    if target.linear:
-        nodes.append(helper.make_node("Add", ["lin", "c"], ["power_watts"]))
-    else:
+    last = "lin"
+    if np.any(target.A):
         inits += [numpy_helper.from_array(f32(target.A), "A"),
                   numpy_helper.from_array(np.ones((d, 1), np.float32), "ones")]
         nodes += [
@@ -196,8 +200,21 @@ def write_power_onnx(path, target, names, base_value):
             helper.make_node("Mul", ["za", "z"], ["zaz"]),
             helper.make_node("MatMul", ["zaz", "ones"], ["quad"]),
             helper.make_node("Add", ["lin", "quad"], ["lq"]),
-            helper.make_node("Add", ["lq", "c"], ["power_watts"]),
         ]
+        last = "lq"
+    if not target.polynomial:
+        inits += [numpy_helper.from_array(f32(target.u).reshape(d, 1), "u"),
+                  numpy_helper.from_array(f32([target.b]), "b"),
+                  numpy_helper.from_array(f32([target.h]), "h")]
+        nodes += [
+            helper.make_node("MatMul", ["z", "u"], ["uz"]),
+            helper.make_node("Add", ["uz", "b"], ["uzb"]),
+            helper.make_node("Softplus", ["uzb"], ["sp"]),
+            helper.make_node("Mul", ["sp", "h"], ["hsp"]),
+            helper.make_node("Add", [last, "hsp"], ["lqs"]),
+        ]
+        last = "lqs"
+    nodes.append(helper.make_node("Add", [last, "c"], ["power_watts"]))
     graph = helper.make_graph(
         nodes, f"quality_{target.name}",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", d])],
@@ -538,7 +555,7 @@ def run_case(case, a, binary, flags_train, flags_explain, cix):
     res["nll"] = nll
 
     # (iii) Shapley values.
-    R = min(a.explain_rows, len(xe))
+    R = min(a.explain_rows if d <= 12 else a.explain_rows_kernel, len(xe))
     xs_rows = xe[:R]
     rows_csv = work / "explain_rows.csv"
     write_rows_csv(rows_csv, names, xs_rows)
@@ -552,7 +569,7 @@ def run_case(case, a, binary, flags_train, flags_explain, cix):
             if (work / "models" / fn).exists():
                 shutil.copy(work / "models" / fn, tdir / fn)
         # base value v(∅) = E[f(X)] under the true distribution.
-        if dist.is_gaussian():
+        if dist.is_gaussian() and target.polynomial:
             base, base_how = float(target.expect_gaussian(dist.mu, dist.cov)), "exact (Gaussian moments)"
         elif target.linear:
             ex = dist.cond_mean(np.zeros((1, d)), np.zeros((1, d), bool))[0]
@@ -592,8 +609,9 @@ def run_case(case, a, binary, flags_train, flags_explain, cix):
             ind = w_x[None, :] * (xs_rows - bg.mean(0)) + (c0 + w_x @ bg.mean(0) - base) / d
             Ah = linear_shapley_matrix(w_x, cov_hat)
             gr = (xs_rows - mu_hat) @ Ah.T + (c0 + w_x @ mu_hat - base) / d
+            gr_how = "Gaussian fitted on the train rows, closed form"
         else:
-            if dist.is_gaussian():
+            if dist.is_gaussian() and target.polynomial:
                 v = gaussian_values(target, dist.mu, dist.cov, xs_rows, base)
                 truth = shapley_from_values(v, d)
                 entry["truth_how"] = "closed form (Gaussian conditional mean and covariance, all 2^d coalitions)"
@@ -611,18 +629,25 @@ def run_case(case, a, binary, flags_train, flags_explain, cix):
             else:
                 phis = []
                 for rep_i in range(2):
-                    eps = np.random.default_rng([a.seed, cix, 7, rep_i]).standard_normal((a.truth_draws, d))
+                    half = np.random.default_rng([a.seed, cix, 7, rep_i]).standard_normal(((a.truth_draws + 1) // 2, d))
+                    eps = np.concatenate([half, -half])  # antithetic pairs
                     phis.append(shapley_from_values(mc_values(dist, target, xs_rows, base, eps), d))
                 truth = 0.5 * (phis[0] + phis[1])
-                entry["truth_how"] = (f"Monte Carlo twice ({a.truth_draws} exact conditional draws per coalition, "
+                entry["truth_how"] = (f"Monte Carlo twice ({len(eps)} exact conditional draws per coalition, antithetic pairs, "
                                       "class mixture weighted exactly, common random numbers); truth = their mean")
                 entry["truth_self_noise_rel_mae"] = rel_mae(phis[0], phis[1])
             ind = shapley_from_values(independence_values(target, xs_rows, bg, base), d)
-            gr = shapley_from_values(gaussian_values(target, mu_hat, cov_hat, xs_rows, base), d)
+            if target.polynomial:
+                gr = shapley_from_values(gaussian_values(target, mu_hat, cov_hat, xs_rows, base), d)
+                gr_how = "Gaussian fitted on the train rows, closed form (infinitely many draws)"
+            else:
+                half = np.random.default_rng([a.seed, cix, 8]).standard_normal(((a.truth_draws + 1) // 2, d))
+                gr = shapley_from_values(mc_values(gref, target, xs_rows, base, np.concatenate([half, -half])), d)
+                gr_how = f"Gaussian fitted on the train rows, {2 * len(half)} conditional draws per coalition"
         entry["truth_seconds"] = time.time() - t
         entry["mean_abs_phi_true"] = float(np.mean(np.abs(truth)))
         entry["estimators"]["independence"] = {"rel_mae": rel_mae(ind, truth), "how": f"background of {len(bg)} train rows"}
-        entry["estimators"]["gaussian_ref"] = {"rel_mae": rel_mae(gr, truth), "how": "Gaussian fitted on the train rows, closed form (infinitely many draws)"}
+        entry["estimators"]["gaussian_ref"] = {"rel_mae": rel_mae(gr, truth), "how": gr_how}
 
         # EMSHAP through explain.
         runs = [("emshap_default", [])]
@@ -721,6 +746,21 @@ def markdown(out):
                 L.append(f"| {e} | " + " | ".join(cells) + " |")
             L.append("| (truth self-noise) | " + " | ".join(fmt(r["shapley"][t]["truth_self_noise_rel_mae"]) for t in tnames) + " |")
             L.append("")
+    L.append("Timings (seconds; explain rows/s with the default value function):")
+    L.append("")
+    L.append("| case | pull | train emshap | epochs | explain rows/s | case total |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for name, r in out["cases"].items():
+        rps = []
+        for t, e in r["shapley"].items():
+            f = e["estimators"].get("emshap_default", {})
+            if "rows_per_s" in f:
+                rps.append(f"{t} {f['rows_per_s']:.2f} ({f.get('method', '?')})")
+        tr = r.get("train", {})
+        L.append(f"| {name} | {fmt(r['pull']['seconds_wall'], 1)} | {fmt(tr.get('seconds'), 1)} | {tr.get('epochs_run', '?')} | "
+                 f"{'; '.join(rps) or '–'} | {fmt(r['seconds'], 0)} |")
+    L.append("")
+    L.append(f"Total {out['seconds']:.0f} s.")
     return "\n".join(L)
 
 
@@ -731,10 +771,13 @@ def main():
     p.add_argument("--rows", type=int, default=None, help="rows generated per case (default 30000; --fast 10000)")
     p.add_argument("--eval-rows", type=int, default=None, help="test rows for the conditional figures (default 2000; --fast 1000)")
     p.add_argument("--explain-rows", type=int, default=None, help="test rows explained (default 50; --fast 20)")
+    p.add_argument("--explain-rows-kernel", type=int, default=None, help="test rows explained by KernelSHAP at d > 12 (default 20; --fast 10)")
     p.add_argument("--epochs", type=int, default=None, help="train emshap --epochs (default: the CLI's)")
     p.add_argument("--max-rows", type=int, default=None, help="train emshap --max-rows (default: the CLI's)")
     p.add_argument("--train-seed", type=int, default=None, help="train emshap --seed (default: the CLI's)")
     p.add_argument("--train-arg", action="append", default=[], help="extra train emshap argument (repeatable, e.g. --train-arg=--lr=0.002)")
+    p.add_argument("--targets", default="linear,quadratic",
+                   help="power functions f at d <= 12: linear, quadratic, softplus (non-polynomial, Monte Carlo truth); d > 12: linear only")
     p.add_argument("--seed", type=int, default=7, help="data, masks, noise, truth and explain seed")
     p.add_argument("--ks", default=None, help="proposal sample counts K for the conditional figures (default 20,200,1000; --fast 20,200)")
     p.add_argument("--mask-rates", default=None, help="default 0.2,0.5,0.8; --fast 0.5")
@@ -749,10 +792,12 @@ def main():
     p.add_argument("--fast", action="store_true", help="one gauss8_rho0.5 case, 10k rows, 20 explained rows, mask 0.5, K 20,200")
     a = p.parse_args()
 
+    a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     a.cases = a.cases or ("gauss8_rho0.5" if a.fast else ",".join(ALL_CASES))
     a.rows = a.rows or (10_000 if a.fast else 30_000)
     a.eval_rows = a.eval_rows or (1000 if a.fast else 2000)
     a.explain_rows = a.explain_rows or (20 if a.fast else 50)
+    a.explain_rows_kernel = a.explain_rows_kernel or (10 if a.fast else 20)
     a.ks = [int(k) for k in (a.ks or ("20,200" if a.fast else "20,200,1000")).split(",")]
     if DEFAULT_K not in a.ks:
         a.ks.insert(0, DEFAULT_K)
@@ -793,7 +838,7 @@ def main():
     }
     t0 = time.time()
     for cix, name in enumerate(a.cases.split(",")):
-        case = build_case(name.strip(), a.fast)
+        case = build_case(name.strip(), a.targets)
         log(f"case {name}")
         out["cases"][name] = run_case(case, a, binary, flags_train, flags_explain, ALL_CASES.index(name) if name in ALL_CASES else 100 + cix)
         out["seconds"] = time.time() - t0

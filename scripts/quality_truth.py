@@ -333,9 +333,10 @@ def shapley_from_values(v, d):
 
 
 class Target:
-    """f(x) = c + w . z + z^T A z with z = (x - m) / s (A symmetric, may be zero)."""
+    """f(x) = c + w . z + z^T A z + h softplus(u . z + b), z = (x - m) / s (A symmetric,
+    may be zero; h = 0: a polynomial)."""
 
-    def __init__(self, name, c, w, A, m, s):
+    def __init__(self, name, c, w, A, m, s, h=0.0, u=None, b=0.0):
         self.name = name
         self.c = float(c)
         self.w = np.asarray(w, dtype=np.float64)
@@ -343,17 +344,25 @@ class Target:
         self.A = 0.5 * (self.A + self.A.T)
         self.m = np.asarray(m, dtype=np.float64)
         self.s = np.asarray(s, dtype=np.float64)
-        self.linear = not np.any(self.A)
+        self.h = float(h)
+        self.u = np.zeros(len(self.w)) if u is None else np.asarray(u, dtype=np.float64)
+        self.b = float(b)
+        self.polynomial = self.h == 0.0
+        self.linear = self.polynomial and not np.any(self.A)
 
     def __call__(self, x):
         z = (x - self.m) / self.s
         y = self.c + z @ self.w
-        if not self.linear:
+        if np.any(self.A):
             y = y + np.einsum("...i,ij,...j->...", z, self.A, z)
+        if not self.polynomial:
+            y = y + self.h * np.logaddexp(0.0, z @ self.u + self.b)
         return y
 
     def expect_gaussian(self, mean, cov):
-        """E[f(X)] for X ~ N(mean, cov) (mean [..., d], cov [d, d] or [..., d, d])."""
+        """E[f(X)] for X ~ N(mean, cov) (mean [..., d], cov [d, d] or [..., d, d]); a
+        polynomial f only."""
+        assert self.polynomial
         zm = (mean - self.m) / self.s
         y = self.c + zm @ self.w
         if not self.linear:
