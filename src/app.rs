@@ -89,7 +89,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 proposals: args.proposals.unwrap_or(crate::evaluate::PROPOSALS),
                 value: crate::explain::ValueChoice {
                     kind: args.value_function,
-                    draws: args.draws.unwrap_or(crate::explain::DEFAULT_DRAWS),
+                    draws: args.draws.unwrap_or(0),
                 },
                 seed: args.seed.unwrap_or(7),
                 threads: args.threads.unwrap_or_else(settings::default_threads),

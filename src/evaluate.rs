@@ -33,6 +33,10 @@ pub const EVAL_PROPOSALS: usize = 100;
 const CONVERGENCE_ROWS: usize = 512;
 /// Test rows the global attribution is computed on by default.
 pub const ATTRIBUTION_ROWS: usize = 16;
+/// Joint draws per coalition, and KernelSHAP coalitions above 12 features, for the global
+/// attribution (a summary over rows: cheaper than `explain`'s defaults; BENCHMARKS.md).
+pub const ATTRIBUTION_DRAWS: usize = 16;
+pub const ATTRIBUTION_SAMPLES: usize = 128;
 /// Rows per ONNX Runtime call for the power model: the fastest of 1k–1M on 1M test rows
 /// (examples/bench_score.rs, BENCHMARKS.md); larger batches spill out of the caches.
 const POWER_BATCH: usize = 8_192;
@@ -409,7 +413,11 @@ fn attribute(
     if n == 0 {
         return Ok(None);
     }
-    let method = crate::explain::choose(rows.d, false, None)?;
+    let method = crate::explain::choose(
+        rows.d,
+        false,
+        (rows.d > crate::explain::EXACT_MAX_DEFAULT).then_some(ATTRIBUTION_SAMPLES),
+    )?;
     let a = crate::explain::explain_rows(
         &power,
         &emshap,
@@ -418,7 +426,7 @@ fn attribute(
         method,
         crate::explain::ValueChoice {
             kind: crate::explain::ValueFunctionKind::Expectation,
-            draws: crate::explain::DEFAULT_DRAWS,
+            draws: ATTRIBUTION_DRAWS,
         },
         PROPOSALS,
         SEED,

@@ -767,8 +767,11 @@ pub struct ValueChoice {
     pub draws: usize,
 }
 
-/// Joint draws per coalition by default (BENCHMARKS.md, "EMSHAP quality").
+/// Joint draws per coalition by default: exact enumeration, and KernelSHAP (whose least
+/// squares over many coalitions averages their noise; BENCHMARKS.md, "EMSHAP quality").
+/// `ValueChoice::draws` = 0 picks by method.
 pub const DEFAULT_DRAWS: usize = 64;
+pub const DEFAULT_KERNEL_DRAWS: usize = 16;
 
 /// The output of `explain` (and the rows of the global attribution).
 #[derive(Debug, Clone, Serialize)]
@@ -852,6 +855,14 @@ pub fn explain_rows(
     let mut rows = Vec::with_capacity(n);
     let energy = energy_correction(emshap);
     let base_value_source;
+    let value = ValueChoice {
+        draws: match (value.draws, method) {
+            (0, Method::Exact) => DEFAULT_DRAWS,
+            (0, Method::Kernel { .. }) => DEFAULT_KERNEL_DRAWS,
+            (n, _) => n,
+        },
+        ..value
+    };
     match value.kind {
         ValueFunctionKind::Expectation => {
             if value.draws < 2 {

@@ -296,8 +296,12 @@ pub fn judge(rules: &Rules, candidate: &Kpis, baseline: Option<&Kpis>) -> Vec<Ch
             } else if rule.absolute_only {
                 c.note = Some("a property of the candidate: absolute bound only".into());
             }
-            if let Some(b) = base_model.and_then(|m| m.get(metric)) {
-                c.baseline = Some(*b);
+            if let Some(&b) = base_model.and_then(|m| m.get(metric)) {
+                c.baseline = Some(b);
+                if let Some(v) = finite(cand).filter(|_| b.is_finite()) {
+                    c.delta = Some(v - b);
+                    c.delta_rel = (b != 0.0).then(|| (v - b) / b.abs());
+                }
             }
             checks.push(c);
         }

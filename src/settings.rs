@@ -138,6 +138,7 @@ pub struct EmshapSection {
     pub input_noise: Option<f64>,
     pub val_proposals: Option<usize>,
     pub energy: Option<String>,
+    pub energy_rows: Option<usize>,
 }
 
 impl ConfigFile {
@@ -580,7 +581,7 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
         mask_max,
         val_rows: positive(
             "[train.emshap] val_rows",
-            e.val_rows.unwrap_or(4096),
+            e.val_rows.unwrap_or(1024),
             1 << 30,
         )?,
         warmup_epochs,
@@ -592,16 +593,17 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             4096,
         )?,
         energy,
+        energy_rows: e.energy_rows,
     })
 }
 
 /// EMSHAP's default epochs, of which the first `EMSHAP_WARMUP_SHARE` train the proposal
 /// alone (BENCHMARKS.md, "EMSHAP quality").
 pub const EMSHAP_EPOCHS: usize = 40;
-pub const EMSHAP_WARMUP_SHARE: f64 = 0.75;
+pub const EMSHAP_WARMUP_SHARE: f64 = 0.9;
 pub const EMSHAP_GRU_HIDDEN: usize = 256;
 pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
-pub const EMSHAP_VAL_PROPOSALS: usize = 100;
+pub const EMSHAP_VAL_PROPOSALS: usize = 50;
 
 fn non_negative(name: &str, v: f64) -> Result<f64> {
     if v.is_finite() && v >= 0.0 {

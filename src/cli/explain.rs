@@ -44,7 +44,8 @@ pub struct ExplainArgs {
     #[arg(long, env = "EMSHAP_CI_VALUE_FUNCTION", default_value = "expectation")]
     pub value_function: crate::explain::ValueFunctionKind,
 
-    /// Joint samples of the features outside each coalition (expectation; default 64).
+    /// Joint samples of the features outside each coalition (expectation; default 64 for
+    /// exact enumeration, 16 for KernelSHAP).
     #[arg(long, env = "EMSHAP_CI_DRAWS")]
     pub draws: Option<usize>,
 

@@ -62,7 +62,7 @@ pub struct CommonTrainArgs {
     pub threads: Option<usize>,
 
     /// Train on a seeded sample of at most this many train rows (0 = all; default all,
-    /// except EMSHAP on a CPU: 12000).
+    /// except EMSHAP on a CPU: 60000, of which its energy epochs see 4000 each).
     #[arg(long, env = "EMSHAP_CI_MAX_ROWS")]
     pub max_rows: Option<usize>,
 
@@ -107,7 +107,7 @@ pub struct TrainEmshapArgs {
     pub mask_rate: Option<Vec<f64>>,
 
     /// Epochs that train the proposal alone before the energy network trains (default:
-    /// three quarters of the epochs).
+    /// nine tenths of the epochs).
     #[arg(long, env = "EMSHAP_CI_WARMUP_EPOCHS")]
     pub warmup_epochs: Option<usize>,
 

@@ -37,6 +37,8 @@ use crate::progress::Progress;
 const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_7;
 const SCALE_FLOOR: f64 = 1e-3;
 const ENERGY_MAX: f64 = 30.0;
+/// Validation rows of the K → 4K convergence check of the energy-on/off decision.
+const DECIDE_ROWS: usize = 256;
 /// Rows per libtorch/ONNX Runtime call when scoring (bounds memory: rows·(K+1)·d·hidden).
 const CHUNK: usize = 256;
 
@@ -368,6 +370,8 @@ struct Emshap<'a> {
     phases: Option<BTreeMap<String, f64>>,
     /// The last validation's figures (for the history).
     last_val: std::cell::Cell<Option<ValFigures>>,
+    /// Rows per energy epoch (see `EmshapSettings::energy_rows`).
+    energy_rows: Option<usize>,
 }
 
 /// Validation figures of one pass, standardised units, per unobserved entry.
@@ -407,8 +411,14 @@ impl Phases {
 impl Emshap<'_> {
     /// NLL of the density (with or without the energy) and of the proposal, and the RMSE of
     /// the conditional-mean estimate, over the validation entries, with K candidates.
-    fn val_figures(&self, energy: bool, k: i64, draws: Option<(&Tensor, &Tensor)>) -> ValFigures {
-        let n = self.val_x.size()[0];
+    fn val_figures(
+        &self,
+        energy: bool,
+        k: i64,
+        draws: Option<(&Tensor, &Tensor)>,
+        rows: Option<i64>,
+    ) -> ValFigures {
+        let n = rows.map_or(self.val_x.size()[0], |r| r.min(self.val_x.size()[0]));
         let (mut nll, mut pnll, mut se, mut entries) = (0.0, 0.0, 0.0, 0i64);
         tch::no_grad(|| {
             for start in (0..n).step_by(CHUNK) {
@@ -455,6 +465,14 @@ impl Trainee for Emshap<'_> {
         self.phases.take()
     }
 
+    fn epoch_rows(&self, epoch: usize) -> usize {
+        let n = self.rows();
+        match self.energy_rows {
+            Some(cap) if self.s.trains_energy(epoch) => n.min(cap),
+            _ => n,
+        }
+    }
+
     fn lr_factor(&self, epoch: usize) -> Option<f64> {
         Some(self.s.lr_factor(epoch))
     }
@@ -474,13 +492,14 @@ impl Trainee for Emshap<'_> {
         rng: &mut ChaCha8Rng,
         progress: &Progress,
     ) -> Result<f64> {
-        let n = self.rows();
+        let n = self.epoch_rows(epoch);
         let d = self.net.d as usize;
         let rate = self.s.mask_rate(epoch);
         let energy = self.s.trains_energy(epoch);
         let bs = self.s.common.batch_size;
-        let mut order: Vec<i64> = (0..n as i64).collect();
+        let mut order: Vec<i64> = (0..self.rows() as i64).collect();
         order.shuffle(rng);
+        order.truncate(n);
         let order = Tensor::from_slice(&order).to_device(self.device);
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         let mut phases = Phases::default();
@@ -525,7 +544,7 @@ impl Trainee for Emshap<'_> {
     /// and the energy density (with `val_proposals` candidates).
     fn validate(&self, epoch: usize) -> Result<(f64, Option<f64>)> {
         let energy = self.s.trains_energy(epoch);
-        let f = self.val_figures(energy, self.s.val_proposals as i64, None);
+        let f = self.val_figures(energy, self.s.val_proposals as i64, None, None);
         self.last_val.set(Some(f));
         let loss = if energy && self.s.energy == EnergyChoice::On {
             f.nll
@@ -558,7 +577,7 @@ pub struct EnergyDecision {
 fn decide(t: &Emshap, seed: u64) -> EnergyDecision {
     let s = t.s;
     let k = s.val_proposals;
-    let q = t.val_figures(false, 1, None);
+    let q = t.val_figures(false, 1, None, None);
     let base = EnergyDecision {
         on: false,
         reason: String::new(),
@@ -581,8 +600,13 @@ fn decide(t: &Emshap, seed: u64) -> EnergyDecision {
             ..base
         };
     }
-    let p = t.val_figures(true, k as i64, None);
-    let (n, d) = (t.val_x.size()[0] as usize, t.net.d as usize);
+    let p = t.val_figures(true, k as i64, None, None);
+    // The convergence check, K against 4K candidates, on a subsample (4K is costly).
+    let (n, d) = (
+        (t.val_x.size()[0] as usize).min(DECIDE_ROWS),
+        t.net.d as usize,
+    );
+    let p_sub = t.val_figures(true, k as i64, None, Some(n as i64));
     let k4 = 4 * k;
     let draws = fixed_draws(seed ^ 0x4444, n, k4, d, 0.5);
     let ndk = |v: &[f32]| {
@@ -592,13 +616,18 @@ fn decide(t: &Emshap, seed: u64) -> EnergyDecision {
             .contiguous()
     };
     let (u4, z4) = (ndk(&draws.u), ndk(&draws.z));
-    let p4 = t.val_figures(true, k4 as i64, Some((&u4, &z4)));
+    // The 4K draws must share the K draws' masks: the same rows of the validation masks.
+    let p4 = {
+        let mut sub = t.val_figures(true, k4 as i64, Some((&u4, &z4)), Some(n as i64));
+        sub.nll -= p_sub.nll - p.nll;
+        sub
+    };
     let gap = (p4.nll - p.nll).abs();
-    let gain = q.proposal_nll - p4.nll;
+    let gain = q.proposal_nll - p.nll;
     let mut d = EnergyDecision {
         energy_nll: Some(p.nll),
         energy_nll_4k: Some(p4.nll),
-        energy_rmse: Some(p4.rmse),
+        energy_rmse: Some(p.rmse),
         ..base
     };
     if s.energy == EnergyChoice::On {
@@ -607,7 +636,7 @@ fn decide(t: &Emshap, seed: u64) -> EnergyDecision {
             "energy on (--energy on); validation NLL {:.4} vs the proposal's {:.4}",
             p4.nll, q.proposal_nll
         );
-    } else if gain > gap && p4.rmse <= q.rmse {
+    } else if gain > gap && p.rmse <= q.rmse {
         d.on = true;
         d.reason = format!(
             "energy on: validation NLL {:.4} (K = {k4}; {:.4} at K = {k}) beats the proposal's {:.4}, conditional-mean RMSE {:.4} vs {:.4}",
@@ -1159,6 +1188,9 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
         device,
         phases: None,
         last_val: Default::default(),
+        energy_rows: s
+            .energy_rows
+            .or((!device.is_cuda()).then_some(super::EMSHAP_CPU_ENERGY_ROWS)),
     };
     let fitted = fit::fit(&vs, &mut trainee, c, &mut rng, progress)?;
     progress.finish();

@@ -19,6 +19,10 @@ use crate::progress::Progress;
 pub trait Trainee {
     /// Train rows seen per epoch.
     fn rows(&self) -> usize;
+    /// Train rows seen in epoch `e` (EMSHAP's energy epochs may see fewer).
+    fn epoch_rows(&self, _epoch: usize) -> usize {
+        self.rows()
+    }
     /// One pass over the training rows; returns the mean loss per row.
     fn train_epoch(
         &mut self,
@@ -86,7 +90,8 @@ pub fn fit(
         .build(vs, s.lr)
         .map_err(|e| Error::Internal(anyhow::anyhow!("adam: {e}")))?;
     let started = Instant::now();
-    progress.set_total((s.epochs * model.rows()) as u64, "rows");
+    let total: usize = (0..s.epochs).map(|e| model.epoch_rows(e)).sum();
+    progress.set_total(total as u64, "rows");
     let plateau = (s.patience / 2).max(1);
     let mut lr = s.lr;
     let mut best = (f64::INFINITY, 0usize, snapshot(vs));
@@ -129,7 +134,7 @@ pub fn fit(
             mask_rate: model.mask_rate(epoch),
             lr,
             seconds,
-            samples_per_s: model.rows() as f64 / seconds.max(1e-9),
+            samples_per_s: model.epoch_rows(epoch) as f64 / seconds.max(1e-9),
             phases: model.phases(),
         });
         if val_loss < best.0 {

@@ -57,7 +57,23 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     for k in ["nll", "imputation_rmse"] {
         assert!(m["candidate"]["emshap"][k].as_f64().unwrap().is_finite());
     }
-    assert_eq!(m["checks"].as_array().unwrap().len(), 7);
+    // power: mse, rmse, mae, mape, r2; emshap: nll, imputation_rmse, energy_gain,
+    // imputation_ratio.
+    assert_eq!(m["checks"].as_array().unwrap().len(), 9);
+    let emshap = &m["candidate"]["emshap"];
+    for k in ["proposal_nll", "energy_gain", "imputation_ratio", "nll_se", "nll_k_gap"] {
+        assert!(emshap[k].as_f64().unwrap().is_finite(), "{k}: {emshap}");
+    }
+    // The energy is judged against its own proposal, never against production.
+    let gain = m["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == "energy_gain")
+        .unwrap()
+        .clone();
+    assert_eq!(gain["rule"]["absolute_only"], true, "{gain}");
+    assert!(gain["candidate"].as_f64().unwrap() <= 0.0, "{gain}");
 
     // Champion vs itself on the same rows: every delta is 0, and it passes.
     let o = versus(d, "good", "good", "eval-same");

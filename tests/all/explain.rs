@@ -37,7 +37,7 @@ fn models(dir: &Path) {
     let mut g = GraphBuilder::new();
     let x = g.input("features", &[Dim::Named("N"), Dim::Fixed(d)]);
     let o = g.input("observed", &[Dim::Named("N"), Dim::Fixed(d)]);
-    g.input("noise", &[Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)]);
+    let noise = g.input("noise", &[Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)]);
     g.input(
         "component_u",
         &[Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)],
@@ -47,6 +47,18 @@ fn models(dir: &Path) {
     let dx = g.op("Mul", &[&o, &dx], vec![]);
     let imputed = g.op("Add", &[&m, &dx], vec![]);
     g.output(&imputed, "imputed", &[Dim::Named("N"), Dim::Fixed(d)]);
+    // Every "draw" is the mean: for a linear f, E[f(x_S, X_S̄)] = f(x_S, mean_S̄) exactly.
+    let zero = g.scalar("zero", 0.0);
+    let z = g.op("Mul", &[&noise, &zero], vec![]);
+    let samples = g.op("Add", &[&z, &m], vec![]);
+    let nkd = [Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)];
+    g.output(&samples, "samples", &nkd);
+    let weights = g.op("Softmax", &[&z], vec![emshap_ci::onnx::attr_int("axis", 1)]);
+    g.output(&weights, "weights", &nkd);
+    let meta = [
+        ("feature_names", FEATURES.join(",")),
+        ("energy_correction", "off".to_string()),
+    ];
     std::fs::write(
         dir.join("emshap_model.onnx"),
         g.finish("emshap", &meta).encode_to_vec(),
@@ -142,7 +154,11 @@ fn explain_gives_the_known_shapley_values_of_a_linear_model_exactly_and_by_kerne
             if kernel { "kernel" } else { "exact" },
             "{out}"
         );
-        assert_eq!(out["rows"][0]["stderr"].is_array(), kernel, "{out}");
+        // Both methods report a standard error (the value function's draws split into
+        // groups); every draw of this model is the same, so the error is nothing.
+        let se = out["rows"][0]["stderr"].as_array().expect("stderr");
+        assert!(se.iter().all(|v| v.as_f64().unwrap() < 1e-6), "{out}");
+        assert_eq!(out["value_function"], "expectation", "{out}");
         assert_eq!(out["features"], serde_json::json!(FEATURES));
     }
     // CSV out: a header, one line per row, the same numbers.
@@ -157,7 +173,7 @@ fn explain_gives_the_known_shapley_values_of_a_linear_model_exactly_and_by_kerne
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "row,f_x,base_value,efficiency_gap,phi_cpu_util,phi_mem_util,phi_disk_io,phi_net_io"
+        "row,f_x,base_value,efficiency_gap,phi_cpu_util,phi_mem_util,phi_disk_io,phi_net_io,stderr_cpu_util,stderr_mem_util,stderr_disk_io,stderr_net_io"
     );
     let first: Vec<f64> = lines
         .next()
