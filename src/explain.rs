@@ -15,6 +15,7 @@
 
 use std::path::Path;
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -489,7 +490,11 @@ impl Sampled {
             k: if energy { proposals.max(1) } else { 1 },
             energy,
             base_value,
-            groups: GROUPS.min(draws),
+            // Groups that keep each antithetic pair together: a divisor of the pair count.
+            groups: (1..=GROUPS)
+                .rev()
+                .find(|g| (draws / 2).max(1) % g == 0)
+                .unwrap_or(1),
             z: Vec::new(),
             u: Vec::new(),
             pick: Vec::new(),
@@ -508,16 +513,53 @@ impl Sampled {
     }
 
     /// The randomness for the next row.
+    ///
+    /// Variance reduction: draws come in antithetic pairs (draw m + M/2 uses −z of draw m and
+    /// the same uniforms), and the uniforms are stratified over the pairs (Latin hypercube:
+    /// per candidate and feature, pair p's uniform lies in the p-th of M/2 equal strata, in a
+    /// random order). For a mixture proposal this makes the draws' component frequencies and
+    /// their spread around each component's mean nearly exact. Draw m's value-function group
+    /// is m mod G, so a pair always falls in one group.
     pub fn reseed(&mut self, seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a3b_1e00);
-        let n = self.draws * self.k * self.d;
-        self.u = (0..n).map(|_| rng.random::<f32>()).collect();
-        self.z = (0..n)
+        let (draws, k, d) = (self.draws, self.k, self.d);
+        let pairs = (draws / 2).max(1);
+        let cells = k * d;
+        let stratified = |rng: &mut ChaCha8Rng, cells: usize| -> Vec<f32> {
+            // [pairs][cells]
+            let mut out = vec![0f32; pairs * cells];
+            let mut perm: Vec<usize> = (0..pairs).collect();
+            for c in 0..cells {
+                perm.shuffle(rng);
+                for (p, &stratum) in perm.iter().enumerate() {
+                    out[p * cells + c] = ((stratum as f64 + rng.random::<f64>()) / pairs as f64) as f32;
+                }
+            }
+            out
+        };
+        let u_pairs = stratified(&mut rng, cells);
+        let pick_pairs = stratified(&mut rng, d);
+        let z_pairs: Vec<f32> = (0..pairs * cells)
             .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();
-        self.pick = (0..self.draws * self.d)
-            .map(|_| rng.random::<f32>())
-            .collect();
+        self.u = Vec::with_capacity(draws * cells);
+        self.z = Vec::with_capacity(draws * cells);
+        self.pick = Vec::with_capacity(draws * d);
+        for m in 0..draws {
+            if m < 2 * pairs {
+                let (p, sign) = if m < pairs { (m, 1.0) } else { (m - pairs, -1.0) };
+                self.u.extend_from_slice(&u_pairs[p * cells..(p + 1) * cells]);
+                self.z
+                    .extend(z_pairs[p * cells..(p + 1) * cells].iter().map(|z| z * sign));
+                self.pick.extend_from_slice(&pick_pairs[p * d..(p + 1) * d]);
+            } else {
+                // An odd last draw: plain randomness.
+                self.u.extend((0..cells).map(|_| rng.random::<f32>()));
+                self.z
+                    .extend((0..cells).map(|_| rng.sample::<f32, _>(StandardNormal)));
+                self.pick.extend((0..d).map(|_| rng.random::<f32>()));
+            }
+        }
     }
 
     /// Completes `rows` (row-major [R, d], with `obs` [R, d]; each row r is draw
