@@ -653,6 +653,8 @@ def run_case(case, a, binary, flags_train, flags_explain, cix):
         runs = [("emshap_default", [])]
         if "--value-function" in flags_explain:
             runs.append(("emshap_mean", ["--value-function", "mean"]))
+        if "--draws" in flags_explain:
+            runs += [(f"emshap_draws{n_}", ["--draws", n_]) for n_ in a.draws_sweep]
         for label, extra in runs:
             args = ["explain", "--models", tdir, "--rows", rows_csv, "--out", work / f"explain_{target.name}_{label}.json", *extra]
             if d <= 12:
@@ -783,6 +785,7 @@ def main():
     p.add_argument("--mask-rates", default=None, help="default 0.2,0.5,0.8; --fast 0.5")
     p.add_argument("--draws", type=int, default=None, help="explain --draws (default: the CLI's)")
     p.add_argument("--proposals", type=int, default=None, help="explain --proposals (default: the CLI's)")
+    p.add_argument("--draws-sweep", default="", help="extra explain runs with these --draws, e.g. 256,1024 (default none)")
     p.add_argument("--truth-draws", type=int, default=10_000, help="Monte Carlo truth: draws per coalition")
     p.add_argument("--background", type=int, default=1000, help="independence baseline background rows")
     p.add_argument("--base-mc", type=int, default=4_000_000, help="Monte Carlo draws for a non-closed-form base value")
@@ -792,6 +795,7 @@ def main():
     p.add_argument("--fast", action="store_true", help="one gauss8_rho0.5 case, 10k rows, 20 explained rows, mask 0.5, K 20,200")
     a = p.parse_args()
 
+    a.draws_sweep = [int(v) for v in a.draws_sweep.split(",") if v.strip()]
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     a.cases = a.cases or ("gauss8_rho0.5" if a.fast else ",".join(ALL_CASES))
     a.rows = a.rows or (10_000 if a.fast else 30_000)
