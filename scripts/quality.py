@@ -54,6 +54,10 @@ KEEP_ENV = {"EMSHAP_CI_CACHE", "EMSHAP_CI_PYTHON", "EMSHAP_CI_TANSU", "EMSHAP_CI
             "EMSHAP_CI_ZIZMOR", "EMSHAP_CI_ACT"}
 
 
+class CliError(Exception):
+    pass
+
+
 def log(*a):
     print("[quality]", *a, file=sys.stderr, flush=True)
 
@@ -256,7 +260,8 @@ def run_cli(binary, args, cwd, what):
     wall = time.time() - t
     if p.returncode != 0:
         sys.stderr.write(p.stdout[-4000:] + "\n" + p.stderr[-4000:] + "\n")
-        raise SystemExit(f"{what} failed with exit {p.returncode}: {' '.join(cmd)}")
+        msg = (p.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        raise CliError(f"{what} failed with exit {p.returncode}: {msg} [{' '.join(cmd)}]")
     last = [ln for ln in p.stdout.splitlines() if ln.strip()]
     try:
         report = json.loads(last[-1]) if last else {}
@@ -465,7 +470,7 @@ def run_case(case, a, binary, flags_train, flags_explain, cix):
     if ds["features"] != names:
         problems.append(f"features {ds['features']}")
     if problems:
-        raise SystemExit(f"{name}: pull did not keep the rows as generated: {problems}")
+        raise CliError(f"{name}: pull did not keep the rows as generated: {problems}")
     res["pull"] = {"seconds_wall": wall, "verified": "rows, splits, first test timestamp and features match the generated data"}
 
     # train emshap (the CLI's defaults unless flags were given).
@@ -693,6 +698,12 @@ def markdown(out):
              f"binary at {out['commit']}, {out['config']['rows']} rows per case, seed {out['config']['seed']}.")
     L.append("")
     for name, r in out["cases"].items():
+        if "error" in r:
+            L.append(f"### {name}")
+            L.append("")
+            L.append(f"NOT MEASURED: {r['error']}")
+            L.append("")
+            continue
         L.append(f"### {name} (d = {r['d']})")
         L.append("")
         tr = r.get("train", {})
@@ -753,6 +764,9 @@ def markdown(out):
     L.append("| case | pull | train emshap | epochs | explain rows/s | case total |")
     L.append("|---|---:|---:|---:|---:|---:|")
     for name, r in out["cases"].items():
+        if "error" in r:
+            L.append(f"| {name} | – | failed | – | – | – |")
+            continue
         rps = []
         for t, e in r["shapley"].items():
             f = e["estimators"].get("emshap_default", {})
@@ -841,10 +855,16 @@ def main():
         "cases": {},
     }
     t0 = time.time()
+    failed = []
     for cix, name in enumerate(a.cases.split(",")):
         case = build_case(name.strip(), a.targets)
         log(f"case {name}")
-        out["cases"][name] = run_case(case, a, binary, flags_train, flags_explain, ALL_CASES.index(name) if name in ALL_CASES else 100 + cix)
+        try:
+            out["cases"][name] = run_case(case, a, binary, flags_train, flags_explain, ALL_CASES.index(name) if name in ALL_CASES else 100 + cix)
+        except CliError as e:
+            log(f"case {name} failed: {e}")
+            out["cases"][name] = {"error": str(e)}
+            failed.append(name)
         out["seconds"] = time.time() - t0
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(out, indent=1, default=float))
@@ -852,6 +872,8 @@ def main():
     Path(a.out).write_text(json.dumps(out, indent=1, default=float))
     print(markdown(out))
     log(f"wrote {a.out} in {out['seconds']:.0f} s")
+    if failed:
+        raise SystemExit(f"cases that could not be measured: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
