@@ -493,7 +493,7 @@ impl Sampled {
             // Groups that keep each antithetic pair together: a divisor of the pair count.
             groups: (1..=GROUPS)
                 .rev()
-                .find(|g| (draws / 2).max(1) % g == 0)
+                .find(|g| (draws / 2).max(1).is_multiple_of(*g))
                 .unwrap_or(1),
             z: Vec::new(),
             u: Vec::new(),
@@ -532,7 +532,8 @@ impl Sampled {
             for c in 0..cells {
                 perm.shuffle(rng);
                 for (p, &stratum) in perm.iter().enumerate() {
-                    out[p * cells + c] = ((stratum as f64 + rng.random::<f64>()) / pairs as f64) as f32;
+                    out[p * cells + c] =
+                        ((stratum as f64 + rng.random::<f64>()) / pairs as f64) as f32;
                 }
             }
             out
@@ -547,8 +548,13 @@ impl Sampled {
         self.pick = Vec::with_capacity(draws * d);
         for m in 0..draws {
             if m < 2 * pairs {
-                let (p, sign) = if m < pairs { (m, 1.0) } else { (m - pairs, -1.0) };
-                self.u.extend_from_slice(&u_pairs[p * cells..(p + 1) * cells]);
+                let (p, sign) = if m < pairs {
+                    (m, 1.0)
+                } else {
+                    (m - pairs, -1.0)
+                };
+                self.u
+                    .extend_from_slice(&u_pairs[p * cells..(p + 1) * cells]);
                 self.z
                     .extend(z_pairs[p * cells..(p + 1) * cells].iter().map(|z| z * sign));
                 self.pick.extend_from_slice(&pick_pairs[p * d..(p + 1) * d]);
@@ -916,7 +922,10 @@ pub fn explain_rows(
             let mut vf = Sampled::new(power, emshap, d, value.draws, proposals, threads)?;
             base_value_source = match vf.base_value() {
                 Some(_) => "power model metadata: its mean prediction over the train split".into(),
-                None => format!("sampled ({} joint draws; the power model has no base_value metadata)", value.draws),
+                None => format!(
+                    "sampled ({} joint draws; the power model has no base_value metadata)",
+                    value.draws
+                ),
             };
             for (r, row) in x.chunks(d).enumerate() {
                 let row_seed = seed.wrapping_add(r as u64);

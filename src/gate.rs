@@ -290,9 +290,8 @@ pub fn judge(rules: &Rules, candidate: &Kpis, baseline: Option<&Kpis>) -> Vec<Ch
                 check(model, metric, rule, cand, base)
             };
             if predates && !rule.absolute_only {
-                c.note = Some(
-                    "production predates this KPI: judged on its absolute bound alone".into(),
-                );
+                c.note =
+                    Some("production predates this KPI: judged on its absolute bound alone".into());
             } else if rule.absolute_only {
                 c.note = Some("a property of the candidate: absolute bound only".into());
             }

@@ -585,7 +585,10 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             1 << 30,
         )?,
         warmup_epochs,
-        energy_penalty: non_negative("[train.emshap] energy_penalty", e.energy_penalty.unwrap_or(0.0))?,
+        energy_penalty: non_negative(
+            "[train.emshap] energy_penalty",
+            e.energy_penalty.unwrap_or(0.0),
+        )?,
         input_noise: non_negative("[train.emshap] input_noise", e.input_noise.unwrap_or(0.0))?,
         val_proposals: positive(
             "[train.emshap] val_proposals",
@@ -609,7 +612,10 @@ fn non_negative(name: &str, v: f64) -> Result<f64> {
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {
-        Err(Error::usage(name, format!("{v} (give a finite number >= 0)")))
+        Err(Error::usage(
+            name,
+            format!("{v} (give a finite number >= 0)"),
+        ))
     }
 }
 

@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use prost::Message;
-use serde::Serialize;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -28,7 +28,9 @@ use super::power::{
     metadata, proof_rows, raw_features, sample_rows, scaler_nodes, standardise_like_graph,
 };
 use super::tensors::{self, Comparison};
-use super::{EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX};
+use super::{
+    EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX,
+};
 use crate::error::{Error, Result};
 use crate::kpi::{column_sd, emshap_kpis, fixed_draws, masks, FixedDraws};
 use crate::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
@@ -309,10 +311,10 @@ impl Net {
         let s = self.score(xs, b, &flat, k, draws, energy, phases);
         let mut loss = s.log_q_x.sum(Kind::Float).neg();
         if energy {
-            loss = loss - s.log_p.sum(Kind::Float);
+            loss -= s.log_p.sum(Kind::Float);
             if penalty > 0.0 {
                 let gap = &s.log_p - s.log_q_x.detach();
-                loss = loss + gap.square().sum(Kind::Float) * penalty;
+                loss += gap.square().sum(Kind::Float) * penalty;
             }
         }
         LossSums {
@@ -335,7 +337,15 @@ impl Net {
         let flat = Tensor::arange(n * d, (Kind::Int64, xs.device()));
         let u = u.permute([0, 2, 1]).contiguous();
         let z = z.permute([0, 2, 1]).contiguous();
-        let s = self.score(xs, b, &flat, k, &Draws::Given { u: &u, z: &z }, energy, None);
+        let s = self.score(
+            xs,
+            b,
+            &flat,
+            k,
+            &Draws::Given { u: &u, z: &z },
+            energy,
+            None,
+        );
         let to_nkd = |t: &Tensor| t.view([n, d, k]).permute([0, 2, 1]).contiguous();
         [
             s.mean.view([n, d]),
@@ -713,7 +723,15 @@ fn test_kpis(
     let [q_mean, _, _, _, _, _, _] = if energy {
         dense_all(net, xs, &draws, n, k, d, false, device)
     } else {
-        [imputed.clone(), vec![], vec![], vec![], vec![], vec![], vec![]]
+        [
+            imputed.clone(),
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        ]
     };
     let q = emshap_kpis(xs, &draws.observed, &q_mean, &raw_log(&log_q), &sd);
     m.insert("proposal_nll".into(), q["nll"]);

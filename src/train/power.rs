@@ -288,8 +288,13 @@ fn base_value(net: &Net, snap: &Snapshot, y_scale: (f64, f64)) -> f64 {
     tch::no_grad(|| {
         for start in (0..t.n).step_by(8192) {
             let len = 8192.min(t.n - start);
-            let x = tensors::matrix(&t.x[start * t.d..(start + len) * t.d], len, t.d, Device::Cpu)
-                .to_device(net.l1.ws.device());
+            let x = tensors::matrix(
+                &t.x[start * t.d..(start + len) * t.d],
+                len,
+                t.d,
+                Device::Cpu,
+            )
+            .to_device(net.l1.ws.device());
             let y = net.forward_t(&x, false).to_device(Device::Cpu);
             sum += y.sum(tch::Kind::Double).double_value(&[]);
         }

@@ -18,6 +18,7 @@ fn help_texts() {
     insta::assert_snapshot!("help_train_power", help(&["train", "power", "--help"]));
     insta::assert_snapshot!("help_train_emshap", help(&["train", "emshap", "--help"]));
     insta::assert_snapshot!("help_evaluate", help(&["evaluate", "--help"]));
+    insta::assert_snapshot!("help_explain", help(&["explain", "--help"]));
 }
 
 /// Runs a failing command and returns "exit N: stderr" for a snapshot.
