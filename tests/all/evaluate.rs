@@ -61,7 +61,13 @@ fn evaluate_gates_a_candidate_against_production_on_the_same_rows() {
     // imputation_ratio.
     assert_eq!(m["checks"].as_array().unwrap().len(), 9);
     let emshap = &m["candidate"]["emshap"];
-    for k in ["proposal_nll", "energy_gain", "imputation_ratio", "nll_se", "nll_k_gap"] {
+    for k in [
+        "proposal_nll",
+        "energy_gain",
+        "imputation_ratio",
+        "nll_se",
+        "nll_k_gap",
+    ] {
         assert!(emshap[k].as_f64().unwrap().is_finite(), "{k}: {emshap}");
     }
     // The energy is judged against its own proposal, never against production.

@@ -234,25 +234,33 @@ fn explain_refuses_bad_rows_with_one_line_and_writes_nothing() {
 /// coalition's value from its draws, and φ by enumeration with efficiency.
 #[test]
 fn the_worked_example_in_docs_attribution_md_holds() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/docs/attribution.md"
-    ))
-    .unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/attribution.md"))
+        .unwrap();
     let start = doc.find("```json\n").expect("a json block") + 8;
     let end = start + doc[start..].find("```").unwrap();
     let ex: serde_json::Value = serde_json::from_str(&doc[start..end]).unwrap();
     let floats = |k: &str| -> Vec<f64> {
-        ex[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+        ex[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
     };
     let w = floats("weights");
-    let chosen = emshap_ci::explain::sir_choice(w.iter().map(|&v| v as f32), ex["u"].as_f64().unwrap() as f32);
+    let chosen = emshap_ci::explain::sir_choice(
+        w.iter().map(|&v| v as f32),
+        ex["u"].as_f64().unwrap() as f32,
+    );
     assert_eq!(chosen as u64, ex["chosen"].as_u64().unwrap());
     let preds = floats("draw_predictions");
     let v = preds.iter().sum::<f64>() / preds.len() as f64;
     assert_eq!(v, ex["coalition_value"].as_f64().unwrap());
     let values = floats("values");
-    assert_eq!(values[1], v, "the coalition {{feature 0}} is the one valued from draws");
+    assert_eq!(
+        values[1], v,
+        "the coalition {{feature 0}} is the one valued from draws"
+    );
     let phi = emshap_ci::explain::enumerate(&values, 3);
     let want = floats("phi");
     for (a, b) in phi.iter().zip(&want) {

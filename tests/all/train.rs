@@ -321,13 +321,26 @@ fn train_emshap_learns_conditionals_that_beat_mean_imputation() {
         .collect();
     // The warm-up (5 of 6 epochs) trains the proposal alone: no energy NLL there.
     let epochs = history["epochs"].as_array().unwrap();
-    assert!(epochs[..5].iter().all(|e| e["val_nll"].is_null()), "{epochs:?}");
+    assert!(
+        epochs[..5].iter().all(|e| e["val_nll"].is_null()),
+        "{epochs:?}"
+    );
     assert!(epochs[5]["val_nll"].as_f64().unwrap().is_finite());
     // The decision on the energy correction, recorded with its figures.
     let energy = &history["energy"];
     assert!(energy["on"].is_boolean(), "{energy}");
-    assert!(energy["energy_nll_4k"].as_f64().unwrap().is_finite(), "{energy}");
-    assert!(energy["reason"].as_str().unwrap().starts_with(if energy["on"] == true { "energy on" } else { "energy off" }));
+    assert!(
+        energy["energy_nll_4k"].as_f64().unwrap().is_finite(),
+        "{energy}"
+    );
+    assert!(energy["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with(if energy["on"] == true {
+            "energy on"
+        } else {
+            "energy off"
+        }));
     let rates: Vec<f64> = history["epochs"]
         .as_array()
         .unwrap()
@@ -371,7 +384,13 @@ fn train_emshap_learns_conditionals_that_beat_mean_imputation() {
     let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["imputed", "samples", "weights", "log_density", "proposal_log_density"]
+        [
+            "imputed",
+            "samples",
+            "weights",
+            "log_density",
+            "proposal_log_density"
+        ]
     );
     let on = energy["on"] == true;
     if !on {
