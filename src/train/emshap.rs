@@ -175,6 +175,24 @@ fn log_q(v: &Tensor, logits: &Tensor, means: &Tensor, scales: &Tensor) -> Tensor
     (logpi + lp).logsumexp([2i64].as_slice(), false)
 }
 
+/// The size of the terms log q_i(x) [P] is computed from, for the proof's tolerance: per
+/// component |log π| + z²/2 + |log σ| and the rounding of z = (x − μ)/σ carried through z²
+/// (|z|·(|x| + |μ|)/σ), weighted by the components' responsibilities. A component with a
+/// tiny σ (a mixture fitting an atom such as gpu_util = 0) makes log q the small difference
+/// of large terms, which two runtimes round differently.
+fn log_q_scale(x: &Tensor, logits: &Tensor, means: &Tensor, scales: &Tensor) -> Tensor {
+    let logpi = logits.log_softmax(-1, Kind::Float);
+    let x = x.unsqueeze(1);
+    let z = (&x - means) / scales;
+    let lp = z.square() * -0.5 - scales.log() - HALF_LOG_2PI;
+    let resp = (&logpi + &lp).softmax(-1, Kind::Float);
+    let terms = logpi.abs()
+        + z.square() * 0.5
+        + scales.log().abs()
+        + z.abs() * (x.abs() + means.abs()) / scales;
+    (resp * terms).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+}
+
 /// Draws v = μ_c + σ_c·z with the component c chosen by inverse CDF of `u` (as the graph does).
 fn sample(logits: &Tensor, means: &Tensor, scales: &Tensor, u: &Tensor, z: &Tensor) -> Tensor {
     let m = logits.size()[1];
@@ -257,7 +275,7 @@ impl Net {
             let e_v = e.narrow(1, 1, k);
             let logw = e_v.neg();
             let log_z = logw.logsumexp([1i64].as_slice(), false) - (k as f64).ln();
-            let log_p_scale = (log_q_x.abs() + e_x.abs() + log_z.abs()).detach();
+            let log_p_scale = (log_q_scale(&x_e, &le, &me, &se) + e_x.abs() + log_z.abs()).detach();
             // The proposal learns from its own likelihood term only.
             let log_p = log_q_x.detach() - e_x - log_z;
             let w = logw.softmax(1, Kind::Float);
@@ -282,7 +300,7 @@ impl Net {
                 v,
                 mean,
                 log_p: log_q_x.shallow_clone(),
-                log_p_scale: log_q_x.abs().detach(),
+                log_p_scale: log_q_scale(&x_e, &le, &me, &se).detach(),
                 log_q_x,
             }
         };
@@ -1150,7 +1168,8 @@ fn prove(
             // log q(v); the imputation on σ times its weights' largest term.
             let sd = |i: usize| snap.scaler.std[i % d];
             let terms = |i: usize| f64::from(log_p_scale[start * d + i]).max(1.0);
-            let q_terms = |i: usize| f64::from(log_q[start * d + i].abs()).max(1.0);
+            // log p̂'s terms include log q's (equal with the energy off).
+            let q_terms = terms;
             let w_terms = |i: usize| f64::from(logw_scale[start * k * d + i]).max(1.0);
             let imp_terms = |i: usize| snap.scaler.std[i % d] * entry_terms[start * d + i];
             match name.as_str() {
