@@ -22,7 +22,16 @@ The power model is NOT trained: a known function f is written as power_predictor
 Writes every figure to --out (JSON) and prints markdown tables for BENCHMARKS.md.
 
     source ~/.cache/emshap-ci/env.sh
+    cargo build --release --features torch
     "$EMSHAP_CI_PYTHON" scripts/quality.py [--fast] [--cases a,b] [--bin target/release/emshap-ci]
+
+Cost on the 2-core dev machine (shared with other builds, so times are upper-ish bounds):
+--fast (gauss8_rho0.5, 10k rows, the CLI's default 40 epochs) 1.5–4.5 min, training being
+most of it; the default run (5 cases, 30k rows each) about 50 min, ~6–8 min of training and
+~2 min of explain per case. The truth for a non-polynomial f or the telemetry case's
+quadratic f is Monte Carlo (--truth-draws, twice): ~1–1.5 min per target at d = 8.
+Every EMSHAP_CI_* variable that is a CLI setting is removed from the CLI's environment, and
+the CLI runs inside --work (no emshap-ci.toml is picked up), so only the flags here count.
 """
 from __future__ import annotations
 
