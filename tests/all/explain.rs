@@ -155,9 +155,15 @@ fn explain_gives_the_known_shapley_values_of_a_linear_model_exactly_and_by_kerne
             "{out}"
         );
         // Both methods report a standard error (the value function's draws split into
-        // groups); every draw of this model is the same, so the error is nothing.
+        // groups; KernelSHAP's groups also take their own blocks of coalitions). Every draw
+        // of this model is the same, so enumeration's error is nothing; KernelSHAP's is
+        // that of fits on a few coalitions each.
         let se = out["rows"][0]["stderr"].as_array().expect("stderr");
-        assert!(se.iter().all(|v| v.as_f64().unwrap() < 1e-6), "{out}");
+        if kernel {
+            assert!(se.iter().all(|v| v.as_f64().unwrap().is_finite()), "{out}");
+        } else {
+            assert!(se.iter().all(|v| v.as_f64().unwrap() < 1e-6), "{out}");
+        }
         assert_eq!(out["value_function"], "expectation", "{out}");
         assert_eq!(out["features"], serde_json::json!(FEATURES));
     }
