@@ -360,6 +360,67 @@ mod tests {
     }
 
     #[test]
+    fn a_kpi_production_predates_is_judged_on_its_bound_alone_and_says_so() {
+        let kpis = |pairs: &[(&str, f64)]| -> Kpis {
+            let m = pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            [("emshap".to_string(), m)].into_iter().collect()
+        };
+        let mut rules = Rules::new();
+        let mut e = BTreeMap::new();
+        e.insert("nll".to_string(), Rule::lower());
+        e.insert(
+            "ess".to_string(),
+            Rule {
+                min: Some(0.1),
+                ..Rule::higher()
+            },
+        );
+        e.insert(
+            "energy_gain".to_string(),
+            Rule {
+                max: Some(0.0),
+                absolute_only: true,
+                ..Rule::lower()
+            },
+        );
+        rules.insert("emshap".into(), e);
+        let cand = kpis(&[("nll", 3.0), ("ess", 0.5), ("energy_gain", 0.0)]);
+        // Production's metrics.json (format 1) knows nll only.
+        let old = kpis(&[("nll", 3.1)]);
+        let checks = judge(&rules, &cand, Some(&old));
+        let by = |m: &str| checks.iter().find(|c| c.metric == m).unwrap();
+        assert!(by("ess").passed, "{:?}", by("ess"));
+        assert!(by("ess").note.as_deref().unwrap().contains("predates"));
+        assert!(by("nll").passed && by("nll").note.is_none());
+        assert!(by("energy_gain").passed);
+        // Never a silent pass: below its bound it still fails.
+        let low = kpis(&[("nll", 3.0), ("ess", 0.05), ("energy_gain", 0.2)]);
+        let checks = judge(&rules, &low, Some(&old));
+        assert!(!checks.iter().find(|c| c.metric == "ess").unwrap().passed);
+        assert!(
+            !checks
+                .iter()
+                .find(|c| c.metric == "energy_gain")
+                .unwrap()
+                .passed
+        );
+        // An old KPI production lacks still fails (it is not a KPI it predates).
+        let none = kpis(&[("ess", 0.5)]);
+        let checks = judge(&rules, &cand, Some(&none));
+        assert!(!checks.iter().find(|c| c.metric == "nll").unwrap().passed);
+        // The energy's rule never compares with production, even when production has it.
+        let worse_prod = kpis(&[("nll", 3.1), ("ess", 0.5), ("energy_gain", -0.5)]);
+        let checks = judge(&rules, &cand, Some(&worse_prod));
+        assert!(
+            checks
+                .iter()
+                .find(|c| c.metric == "energy_gain")
+                .unwrap()
+                .passed
+        );
+    }
+
+    #[test]
     fn missing_or_nan_fails_on_either_side_and_bootstrap_uses_bounds_only() {
         assert!(!one(Rule::lower(), None, Some(Some(1.0))).passed);
         assert!(!one(Rule::lower(), Some(1.0), Some(None)).passed);
