@@ -290,13 +290,14 @@ fn score_emshap(
             m["imputation_rmse"] / q["imputation_rmse"].max(f64::MIN_POSITIVE),
         );
     }
-    // Convergence in K, on a subsample: the same masks, K and 4K candidates.
+    // Convergence in K, on a subsample: the same masks (the fixed draws make each row's
+    // mask first, so the first rows' masks do not depend on n), K and 4K candidates; the K
+    // figure is the main run's own on those rows.
     let sub = n.min(CONVERGENCE_ROWS);
     let gap = if energy && sub > 0 {
-        let a = run_emshap(model, rows, sub, k, threads)?;
         let b = run_emshap(model, rows, sub, 4 * k, threads)?;
-        (nll_with_se(&b.observed, &b.log_density).0 - nll_with_se(&a.observed, &a.log_density).0)
-            .abs()
+        let at_k = nll_with_se(&o.observed[..sub * d], &o.log_density[..sub * d]).0;
+        (nll_with_se(&b.observed, &b.log_density).0 - at_k).abs()
     } else {
         0.0
     };

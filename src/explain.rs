@@ -45,6 +45,8 @@ pub trait ValueFunction {
     fn group_values(&self) -> Option<&[Vec<f64>]> {
         None
     }
+    /// Fresh Monte Carlo randomness for the next row (shared by all its coalitions).
+    fn reseed(&mut self, _seed: u64) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -353,12 +355,12 @@ impl OnnxValue {
             z: Vec::new(),
             u: Vec::new(),
         };
-        v.reseed(0);
+        v.draw_randomness(0);
         Ok(v)
     }
 
     /// The proposal randomness for the next row.
-    pub fn reseed(&mut self, seed: u64) {
+    fn draw_randomness(&mut self, seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = self.k * self.d;
         self.u = (0..n).map(|_| rng.random::<f32>()).collect();
@@ -371,6 +373,10 @@ impl OnnxValue {
 impl ValueFunction for OnnxValue {
     fn d(&self) -> usize {
         self.d
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        self.draw_randomness(seed);
     }
 
     fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>> {
@@ -500,7 +506,7 @@ impl Sampled {
             pick: Vec::new(),
             last_groups: Vec::new(),
         };
-        v.reseed(0);
+        v.draw_randomness(0);
         Ok(v)
     }
 
@@ -520,7 +526,7 @@ impl Sampled {
     /// random order). For a mixture proposal this makes the draws' component frequencies and
     /// their spread around each component's mean nearly exact. Draw m's value-function group
     /// is m mod G, so a pair always falls in one group.
-    pub fn reseed(&mut self, seed: u64) {
+    fn draw_randomness(&mut self, seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a3b_1e00);
         let (draws, k, d) = (self.draws, self.k, self.d);
         let pairs = (draws / 2).max(1);
@@ -654,6 +660,10 @@ pub fn sir_choice(weights: impl Iterator<Item = f32>, u: f32) -> usize {
 impl ValueFunction for Sampled {
     fn d(&self) -> usize {
         self.d
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        self.draw_randomness(seed);
     }
 
     fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>> {
@@ -911,7 +921,7 @@ pub fn explain_rows(
         },
         ..value
     };
-    match value.kind {
+    let mut vf: Box<dyn ValueFunction> = match value.kind {
         ValueFunctionKind::Expectation => {
             if value.draws < 2 {
                 return Err(Error::usage(
@@ -919,7 +929,7 @@ pub fn explain_rows(
                     "give at least 2 joint draws per coalition",
                 ));
             }
-            let mut vf = Sampled::new(power, emshap, d, value.draws, proposals, threads)?;
+            let vf = Sampled::new(power, emshap, d, value.draws, proposals, threads)?;
             base_value_source = match vf.base_value() {
                 Some(_) => "power model metadata: its mean prediction over the train split".into(),
                 None => format!(
@@ -927,23 +937,18 @@ pub fn explain_rows(
                     value.draws
                 ),
             };
-            for (r, row) in x.chunks(d).enumerate() {
-                let row_seed = seed.wrapping_add(r as u64);
-                vf.reseed(row_seed);
-                rows.push(explain_row(&mut vf, row, method, row_seed)?);
-                progress.inc(1);
-            }
+            Box::new(vf)
         }
         ValueFunctionKind::Mean => {
             base_value_source = "plug-in: f at EMSHAP's imputation of every feature".into();
-            let mut vf = OnnxValue::new(power, emshap, d, proposals, threads)?;
-            for (r, row) in x.chunks(d).enumerate() {
-                let row_seed = seed.wrapping_add(r as u64);
-                vf.reseed(row_seed);
-                rows.push(explain_row(&mut vf, row, method, row_seed)?);
-                progress.inc(1);
-            }
+            Box::new(OnnxValue::new(power, emshap, d, proposals, threads)?)
         }
+    };
+    for (r, row) in x.chunks(d).enumerate() {
+        let row_seed = seed.wrapping_add(r as u64);
+        vf.reseed(row_seed);
+        rows.push(explain_row(vf.as_mut(), row, method, row_seed)?);
+        progress.inc(1);
     }
     progress.finish();
     Ok(Attributions {
