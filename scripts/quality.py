@@ -359,44 +359,46 @@ def rel_mae(phi, truth):
     return float(np.mean(np.abs(phi - truth)) / np.mean(np.abs(truth)))
 
 
+def coalition_values(target, x, base_value, inner):
+    """v(S) [R, 2^d] for every coalition: v(∅) = base_value, v(N) = f(x), and inner(S) [R]
+    for the others."""
+    R, d = x.shape
+    v = np.zeros((R, 2 ** d))
+    for b, S in enumerate(all_masks(d)):
+        if not S.any():
+            v[:, b] = base_value
+        elif S.all():
+            v[:, b] = target(x)
+        else:
+            v[:, b] = inner(S)
+    return v
+
+
 def mc_values(dist, target, x, base_value, eps, chunk_rows=25):
     """v(S) for every coalition by exact conditional draws (class mixture weighted exactly,
     common random numbers eps [M, d] across rows and coalitions)."""
-    R, d = x.shape
-    masks = all_masks(d)
-    v = np.zeros((R, 2 ** d))
-    for b, S in enumerate(masks):
-        if not S.any():
-            v[:, b] = base_value
-            continue
-        if S.all():
-            v[:, b] = target(x)
-            continue
-        for a in range(0, R, chunk_rows):
+    def inner(S):
+        out = np.zeros(len(x))
+        for a in range(0, len(x), chunk_rows):
             xr = x[a:a + chunk_rows]
             acc = np.zeros(len(xr))
             for post, xs in dist.cond_draws(xr, S, eps):
                 live = post > 0
                 if live.any():
                     acc[live] += post[live] * target(xs[live]).mean(1)
-            v[a:a + chunk_rows, b] = acc
-    return v
+            out[a:a + chunk_rows] = acc
+        return out
+    return coalition_values(target, x, base_value, inner)
 
 
 def independence_values(target, x, bg, base_value):
-    R, d = x.shape
-    masks = all_masks(d)
-    v = np.zeros((R, 2 ** d))
-    for b, S in enumerate(masks):
-        if not S.any():
-            v[:, b] = base_value
-        elif S.all():
-            v[:, b] = target(x)
-        else:
-            xs = np.broadcast_to(bg[None, :, :], (R,) + bg.shape).copy()
-            xs[:, :, S] = x[:, None, S]
-            v[:, b] = target(xs).mean(1)
-    return v
+    R = len(x)
+
+    def inner(S):
+        xs = np.broadcast_to(bg[None, :, :], (R,) + bg.shape).copy()
+        xs[:, :, S] = x[:, None, S]
+        return target(xs).mean(1)
+    return coalition_values(target, x, base_value, inner)
 
 
 def linear_weights_x(target):
