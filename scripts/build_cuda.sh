@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds, on a machine without a GPU, a release emshap-ci (feature torch) that trains on CUDA
+# Builds, on a machine without a GPU, a release emshap-ci-train (the trainer; emshap-ci itself
+# links no libtorch and needs no CUDA build) that trains on CUDA
 # on the GPU machine, and assembles a bundle folder to carry there:
 #
 #   scripts/build_cuda.sh [BUNDLE_DIR]      (default dist-cuda/, git-ignored)
@@ -14,7 +15,7 @@
 # tch 0.26 expects PyTorch 2.13, hence LIBTORCH_BYPASS_VERSION_CHECK, and a header forced
 # into its C++ wrapper that stands in for the 2.13-only ops it wraps (below).
 #
-# The bundle: emshap-ci and cuda_probe (stripped), libonnxruntime.so (from scripts/setup.sh's
+# The bundle: emshap-ci (no libtorch), emshap-ci-train and cuda_probe (stripped), libonnxruntime.so (from scripts/setup.sh's
 # venv), run.sh. On the device:  BUNDLE/run.sh train power --device cuda ...
 #                                BUNDLE/run.sh --probe     (CUDA seen, device count, a matmul)
 # run.sh's torch lib folder: $EMSHAP_CI_TORCH_LIB, else the device's default below.
@@ -112,7 +113,7 @@ if cmp -s "$shim.new" "$shim"; then rm "$shim.new"; else mv "$shim.new" "$shim";
 # --- build ---------------------------------------------------------------------------------
 target="$cache/cargo-target-cuda"
 examples=()
-[ -f examples/cuda_probe.rs ] && examples=(--example cuda_probe)
+[ -f crates/emshap-train/examples/cuda_probe.rs ] && examples=(--example cuda_probe)
 say "building (target dir $target)"
 started=$(date +%s)
 # No ORT_DYLIB_PATH: no path of this machine compiled in; run.sh sets it on the device.
@@ -120,11 +121,17 @@ env -u ORT_DYLIB_PATH \
   LIBTORCH="$libtorch" LIBTORCH_CXX11_ABI=1 LIBTORCH_BYPASS_VERSION_CHECK=1 \
   EMSHAP_CI_LINK_CUDA=1 CARGO_TARGET_DIR="$target" CXXFLAGS="${CXXFLAGS:-} -include $shim" \
   CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
-  cargo build --release --locked --features torch --bin emshap-ci "${examples[@]}" >&2
+  cargo build --release --locked -p emshap-train --bin emshap-ci-train "${examples[@]}" >&2
+# emshap-ci itself: no libtorch, so no CUDA build; the same target folder, no ORT path.
+env -u ORT_DYLIB_PATH CARGO_TARGET_DIR="$target" CARGO_PROFILE_RELEASE_DEBUG=false \
+  CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked -p emshap-ci --bin emshap-ci >&2
+if readelf -d "$target/release/emshap-ci" | grep -q 'NEEDED.*\[lib\(torch\|c10\)'; then
+  say "$target/release/emshap-ci links libtorch: it must not (DESIGN §1)"; exit 1
+fi
 say "built in $(($(date +%s) - started)) s"
 
 # --- checks --------------------------------------------------------------------------------
-programs=("$target/release/emshap-ci")
+programs=("$target/release/emshap-ci-train")
 [ ${#examples[@]} -gt 0 ] && programs+=("$target/release/examples/cuda_probe")
 for p in "${programs[@]}"; do
   dyn=$(readelf -d "$p")
@@ -142,11 +149,12 @@ done
 # --- bundle --------------------------------------------------------------------------------
 rm -rf "$bundle"
 mkdir -p "$bundle"
-cp "${programs[@]}" "$bundle/"
+cp "${programs[@]}" "$target/release/emshap-ci" "$bundle/"
 cp "$ort_lib" "$bundle/"
 cat >"$bundle/run.sh" <<EOF
 #!/bin/sh
-# Runs this bundle's emshap-ci (or, with --probe first, cuda_probe) against the device's
+# Runs this bundle's emshap-ci (which starts emshap-ci-train beside it; or, with --probe
+# first, cuda_probe) against the device's
 # PyTorch $TORCH_VERSION+$TORCH_LOCAL libraries and the bundled ONNX Runtime.
 here=\$(cd "\$(dirname "\$0")" && pwd)
 torch_lib=\${EMSHAP_CI_TORCH_LIB:-$DEVICE_TORCH_LIB}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The action's install step: the pinned native libraries (scripts/setup.sh: libtorch and
-# ONNX Runtime from their PyPI wheels, cached), then the emshap-ci binary, either the release
+# ONNX Runtime from their PyPI wheels, cached), then the two executables (emshap-ci and,
+# beside it, the trainer emshap-ci-train), either the release
 # asset for EMSHAP_CI_VERSION (a tag; scripts/package.sh makes it, release.yml uploads it),
 # verified against its published sha256, or, with EMSHAP_CI_VERSION=source or when the tag has
 # no asset, built from this checkout. Writes `bin=PATH` and `env=PATH` (the file that points
@@ -15,7 +16,7 @@ fail() { echo "::error title=emshap-ci install::$*"; exit 3; }
 env_file=$("$root/scripts/setup.sh")
 # shellcheck disable=SC1090
 source "$env_file"
-# A released binary was linked on another machine: point it at this machine's libtorch.
+# A released trainer was linked on another machine: point it at this machine's libtorch.
 export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 target=x86_64-unknown-linux-gnu
 bin=""
@@ -39,8 +40,9 @@ if [ "$version" != source ]; then
       fail "$asset does not match the sha256 published with release $version of $repo: refusing it (re-run the job; if it happens again the release asset is damaged)"
     sum=$(cut -d' ' -f1 "$dir/$asset.sha256")
     keep="$EMSHAP_CI_CACHE/release-$version-${sum:0:16}"
-    if [ ! -x "$keep/emshap-ci" ]; then
-      tar -xzf "$dir/$asset" -C "$dir" emshap-ci
+    if [ ! -x "$keep/emshap-ci" ] || [ ! -x "$keep/emshap-ci-train" ]; then
+      tar -xzf "$dir/$asset" -C "$dir" emshap-ci emshap-ci-train ||
+        fail "$asset of release $version does not hold emshap-ci and emshap-ci-train (re-run the release workflow for $version)"
       rm -f "$dir/$asset"
       # Another job may have kept the same verified files first; either copy will do.
       mv -T "$dir" "$keep" 2>/dev/null || true
@@ -51,10 +53,12 @@ if [ "$version" != source ]; then
   fi
 fi
 if [ -z "$bin" ]; then
-  (cd "$root" && cargo build --release --locked --quiet --features torch)
+  (cd "$root" && cargo build --release --locked --quiet --workspace)
   bin="${CARGO_TARGET_DIR:-$root/target}/release/emshap-ci"
 fi
 "$bin" --version >&2 || fail "$bin does not run on this machine (see above)"
+"$(dirname "$bin")/emshap-ci-train" --version >&2 ||
+  fail "$(dirname "$bin")/emshap-ci-train does not run on this machine (see above)"
 if [ -n "${GITHUB_OUTPUT:-}" ]; then
   { echo "bin=$bin"; echo "env=$env_file"; } >>"$GITHUB_OUTPUT"
 fi

@@ -17,8 +17,8 @@ command -v cargo >/dev/null || {
   echo "run.sh: cargo is not installed: install Rust (https://rustup.rs), then run this again" >&2
   exit 2
 }
-echo "run.sh: building emshap-ci (release, with libtorch; the first build takes several minutes)" >&2
-cargo build --release --locked --quiet --features torch
+echo "run.sh: building emshap-ci and emshap-ci-train (release; the first build takes several minutes)" >&2
+cargo build --release --locked --quiet --workspace
 status=0
 ./target/release/emshap-ci run --mode main "$@" || status=$?
 echo "run.sh: $(($(date +%s) - started)) s in all, set-up and build included (exit $status)" >&2

@@ -18,7 +18,7 @@ env_file=$(scripts/setup.sh --test)
 source "$env_file"
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 cargo fmt --check
-cargo clippy --all-targets --all-features --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 filter=()
 [ "$fast" = 1 ] && filter=(-E 'not test(/kafka|s3_/)')
-cargo nextest run --all-features --locked --no-fail-fast "${filter[@]}"
+cargo nextest run --workspace --all-features --locked --no-fail-fast "${filter[@]}"

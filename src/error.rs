@@ -69,6 +69,22 @@ pub enum Error {
     #[error("gate failed: {message}")]
     GateFailed { message: String },
 
+    /// `emshap-ci-train` is missing, is another version, or died before it reported.
+    #[error("trainer {}: {message}", path.display())]
+    Trainer {
+        path: PathBuf,
+        message: String,
+        code: i32,
+    },
+
+    /// An error `emshap-ci-train` reported, relayed as it was: its message and exit code.
+    #[error("{message}")]
+    Relayed {
+        kind: &'static str,
+        code: i32,
+        message: String,
+    },
+
     /// A bug or an unexpected condition.
     #[error("internal error: {0:#} (this is a bug in emshap-ci; please report it)")]
     Internal(#[from] anyhow::Error),
@@ -81,6 +97,7 @@ impl Error {
             Error::Kafka { .. } | Error::Store { .. } | Error::GitHub { .. } => exit::EXTERNAL,
             Error::DataQuality { .. } => exit::DATA_QUALITY,
             Error::GateFailed { .. } => exit::GATE_FAILED,
+            Error::Trainer { code, .. } | Error::Relayed { code, .. } => *code,
             Error::Internal(_) => exit::INTERNAL,
         }
     }
@@ -96,7 +113,36 @@ impl Error {
             Error::GitHub { .. } => "github",
             Error::DataQuality { .. } => "data_quality",
             Error::GateFailed { .. } => "gate_failed",
+            Error::Trainer { .. } => "trainer",
+            Error::Relayed { kind, .. } => kind,
             Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The error another emshap-ci process reported as (`kind`, exit `code`, `message`),
+    /// with its kind and exit code kept.
+    pub fn relayed(kind: &str, code: i32, message: String) -> Self {
+        const KINDS: [&str; 10] = [
+            "usage",
+            "config",
+            "io",
+            "kafka",
+            "store",
+            "github",
+            "data_quality",
+            "gate_failed",
+            "trainer",
+            "internal",
+        ];
+        let kind = KINDS
+            .iter()
+            .find(|k| **k == kind)
+            .copied()
+            .unwrap_or("internal");
+        Error::Relayed {
+            kind,
+            code,
+            message,
         }
     }
 

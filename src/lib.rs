@@ -14,6 +14,7 @@ pub mod gha;
 pub mod github;
 pub mod kafka;
 pub mod kpi;
+pub mod logging;
 pub mod native;
 pub mod onnx;
 pub mod progress;
@@ -26,5 +27,6 @@ pub mod schema;
 pub mod settings;
 pub mod store;
 pub mod train;
+pub mod trainer;
 
 pub use error::{Error, Result};

@@ -3,22 +3,10 @@ use emshap_ci::{app, cli::Cli, cli::OutputFormat, error::exit};
 
 fn main() {
     let cli = Cli::parse();
-    let level = match (cli.global.quiet, cli.global.verbose) {
-        // librdkafka's own log lines repeat what our errors already say; shown from -vv.
-        (q, _) if q >= 2 => "error,rdkafka=off",
-        (_, 0) => "warn,rdkafka=off",
-        (_, 1) => "info,rdkafka=off",
-        (_, 2) => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMSHAP_CI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    emshap_ci::logging::init(emshap_ci::logging::level(
+        cli.global.quiet,
+        cli.global.verbose,
+    ));
     let json = cli.global.output == OutputFormat::Json;
     // In GitHub Actions each command's log is one collapsible group, and a failure is an
     // annotation on the run.

@@ -1,7 +1,7 @@
 //! Loading the native libraries. ONNX Runtime is loaded at run time (ort's `load-dynamic`)
 //! from `ORT_DYLIB_PATH`, else from the path build.rs compiled in (set by
-//! scripts/setup.sh), so the binary needs no `LD_LIBRARY_PATH`. libtorch is linked (feature
-//! `torch`) with an rpath to its folder.
+//! scripts/setup.sh), so the binary needs no `LD_LIBRARY_PATH`. libtorch is linked by
+//! `emshap-ci-train` alone (crates/emshap-train), with an rpath to its folder.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -43,18 +43,6 @@ pub fn ort_environment() -> Result<&'static Environment> {
     });
     env.as_ref()
         .map_err(|m| Error::usage("onnx runtime", m.clone()))
-}
-
-/// libtorch's version and whether it sees CUDA: proves the library is linked and loads.
-#[cfg(feature = "torch")]
-pub fn torch_info() -> (String, bool) {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    let sum = (&t * &t).sum(tch::Kind::Float).double_value(&[]);
-    debug_assert_eq!(sum, 14.0);
-    (
-        format!("libtorch ok (1²+2²+3² = {sum})"),
-        tch::Cuda::is_available(),
-    )
 }
 
 /// Makes glibc keep freed memory for reuse instead of returning it to the system after every

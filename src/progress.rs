@@ -100,6 +100,17 @@ impl Progress {
         }
     }
 
+    /// Whether nothing is shown (quiet): a child process that draws its own progress is
+    /// told so.
+    pub fn is_hidden(&self) -> bool {
+        matches!(self.mode, Mode::Hidden)
+    }
+
+    /// The label shown beside the progress ("train emshap").
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     pub fn finish(&self) {
         if let Mode::Bar(b) = &self.mode {
             b.finish_and_clear();

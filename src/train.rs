@@ -2,27 +2,20 @@
 //! the validation loss, the best weights kept, the history written as JSON, the export to
 //! DESIGN §5's ONNX contracts, and the proof that ONNX Runtime computes what libtorch does.
 //!
-//! The settings types live here unconditionally so that config resolution compiles and is
-//! tested without libtorch; the training itself needs the `torch` feature. Nothing is
-//! written to the model folder until training, export and the proof have all succeeded.
+//! The settings, history and report types live here, in the executable that links no
+//! libtorch; the training itself runs in `emshap-ci-train` (crates/emshap-train), which
+//! `train_power`/`train_emshap` start through `crate::trainer`. Nothing is written to the
+//! model folder until training, export and the proof have all succeeded.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::progress::Progress;
 
 pub mod data;
-#[cfg(feature = "torch")]
-mod emshap;
-#[cfg(feature = "torch")]
-mod fit;
-#[cfg(feature = "torch")]
-pub mod power;
-#[cfg(feature = "torch")]
-mod tensors;
 
 pub const POWER_ONNX: &str = "power_predictor.onnx";
 pub const EMSHAP_ONNX: &str = "emshap_model.onnx";
@@ -83,7 +76,7 @@ pub struct PowerSettings {
     pub residual: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EmshapSettings {
     #[serde(flatten)]
     pub common: TrainSettings,
@@ -212,7 +205,7 @@ pub struct Proof {
 }
 
 /// What `train` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
     pub model: String,
     pub device: String,
@@ -229,108 +222,13 @@ pub struct TrainReport {
     pub energy: Option<serde_json::Value>,
 }
 
-#[cfg(not(feature = "torch"))]
-fn no_torch() -> Error {
-    Error::usage(
-        "train",
-        "this emshap-ci was built without libtorch (build with `cargo build --release --features torch`, as scripts/run.sh does)",
-    )
-}
-
-/// Trains the power predictor and writes its checkpoint, history and ONNX file.
+/// Trains the power predictor in `emshap-ci-train` (the only executable that links
+/// libtorch) and returns its report; the trainer writes the checkpoint, history and ONNX file.
 pub fn train_power(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
-    #[cfg(feature = "torch")]
-    {
-        power::train(s, progress)
-    }
-    #[cfg(not(feature = "torch"))]
-    {
-        let _ = (s, progress);
-        Err(no_torch())
-    }
+    crate::trainer::train(&crate::trainer::Job::Power(s.clone()), progress)
 }
 
-/// Trains EMSHAP and writes its checkpoint, history and ONNX file.
+/// Trains EMSHAP in `emshap-ci-train` and returns its report.
 pub fn train_emshap(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
-    #[cfg(feature = "torch")]
-    {
-        emshap::train(s, progress)
-    }
-    #[cfg(not(feature = "torch"))]
-    {
-        let _ = (s, progress);
-        Err(no_torch())
-    }
-}
-
-/// A trained model, exported and proven, ready to be written.
-#[cfg(feature = "torch")]
-struct Trained<'a> {
-    model: &'static str,
-    vs: &'a tch::nn::VarStore,
-    device: tch::Device,
-    common: &'a TrainSettings,
-    settings: serde_json::Value,
-    rows_train: usize,
-    rows_val: usize,
-    fitted: fit::Fitted,
-    test: BTreeMap<String, f64>,
-    proof: Proof,
-    onnx: (&'static str, Vec<u8>),
-    checkpoint: &'static str,
-    history_file: &'static str,
-    energy: Option<serde_json::Value>,
-}
-
-/// Writes a trained model's files together (ONNX, checkpoint, history, and the snapshot's
-/// scaler.json beside them) and makes the report.
-#[cfg(feature = "torch")]
-fn finish(t: Trained, snap: &data::Snapshot) -> Result<TrainReport> {
-    let c = t.common;
-    let history = History {
-        format: "emshap-ci.history/1".into(),
-        model: t.model.into(),
-        device: tensors::device_name(t.device),
-        seed: c.seed,
-        threads: c.threads,
-        batch_size: c.batch_size,
-        rows_train: t.rows_train,
-        rows_val: t.rows_val,
-        snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
-        settings: t.settings,
-        epochs: t.fitted.epochs,
-        best_epoch: t.fitted.best_epoch,
-        best_val_loss: t.fitted.best_val_loss,
-        stopped_early: t.fitted.stopped_early,
-        test: t.test,
-        proof: t.proof,
-        energy: t.energy,
-    };
-    let mut json = serde_json::to_vec_pretty(&history).map_err(|e| Error::Internal(e.into()))?;
-    json.push(b'\n');
-    let files: Vec<(&str, Vec<u8>)> = vec![
-        t.onnx,
-        (t.checkpoint, tensors::safetensors(t.vs)?),
-        (t.history_file, json),
-        (
-            crate::pull::snapshot::SCALER_FILE,
-            snap.scaler_bytes.clone(),
-        ),
-    ];
-    let written = tensors::write_all(&c.out, &files)?;
-    let rows = history.epochs.len() * history.rows_train;
-    Ok(TrainReport {
-        model: history.model,
-        device: history.device,
-        out: c.out.clone(),
-        files: written,
-        epochs_run: history.epochs.len(),
-        best_epoch: history.best_epoch,
-        best_val_loss: history.best_val_loss,
-        seconds: t.fitted.seconds,
-        samples_per_s: rows as f64 / t.fitted.seconds.max(1e-9),
-        test: history.test,
-        proof: history.proof,
-        energy: history.energy,
-    })
+    crate::trainer::train(&crate::trainer::Job::Emshap(s.clone()), progress)
 }

@@ -204,8 +204,9 @@ fn read_split(path: &Path, features: &[String]) -> Result<Split> {
     Ok(Split { x, y, n, d })
 }
 
-/// The bundled fixture pulled into `dir/data` and loaded (for unit tests).
-#[cfg(test)]
+/// The bundled fixture pulled into `dir/data` and loaded (for unit tests, here and in the
+/// trainer).
+#[doc(hidden)]
 pub fn embedded_snapshot(dir: &Path) -> Snapshot {
     let out = dir.join("data");
     let args = crate::cli::pull::PullArgs {

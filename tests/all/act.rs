@@ -11,14 +11,14 @@ use std::process::Command;
 
 use crate::github::Stand;
 
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 const TAG: &str = "v0.0.1-test";
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 const ASSET: &str = "emshap-ci-v0.0.1-test-x86_64-unknown-linux-gnu.tar.gz";
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 const TOKEN: &str = "ghs_actTestTokenThatMustNeverBePrinted0002";
 /// actions/cache as action.yml pins it.
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 const CACHE_ACTION: &str = "actions/cache@0057852bfaa89a56745cba8c7296529d2fc39830";
 
 fn repo() -> &'static Path {
@@ -81,7 +81,7 @@ fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
     assert!(kept.is_empty(), "the refused asset is not kept: {kept:?}");
 }
 
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 /// Tracked and untracked-but-not-ignored files: what a checkout of this commit would hold.
 fn copy_checkout(to: &Path) {
     let o = Command::new("git")
@@ -119,7 +119,7 @@ fn copy_checkout(to: &Path) {
     git(&["commit", "-q", "-m", "act test"]);
 }
 
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 #[test]
 fn act_runs_the_composite_action_from_a_release_asset_against_s3_and_the_github_stand_in() {
     let act = std::env::var("EMSHAP_CI_ACT").unwrap_or_default();

@@ -55,7 +55,7 @@ pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
 }
 
 /// Runs `emshap-ci train MODEL --data data --out OUT --threads 2 -q EXTRA..` in `dir`.
-#[cfg_attr(not(feature = "torch"), allow(dead_code))]
+#[cfg_attr(not(feature = "real-training"), allow(dead_code))]
 pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "train",
@@ -73,7 +73,7 @@ pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output
 }
 
 /// A JSON file, parsed.
-#[cfg_attr(not(feature = "torch"), allow(dead_code))]
+#[cfg_attr(not(feature = "real-training"), allow(dead_code))]
 pub fn json_file(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }

@@ -3,10 +3,10 @@
 //! the fast ones run with `cargo nextest run -E 'not test(/kafka|s3_/)'`.
 
 mod act;
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 mod action;
 mod cli;
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 mod evaluate;
 mod explain;
 mod github;
@@ -14,12 +14,12 @@ mod harness;
 mod onnx_python;
 mod pull_file;
 mod pull_kafka;
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 mod quality;
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 mod run;
 mod s3;
 mod smoke;
-#[cfg(feature = "torch")]
+#[cfg(feature = "real-training")]
 mod train;
 mod workflows;

@@ -12,8 +12,8 @@ use tch::nn::{self, OptimizerConfig};
 use tch::Tensor;
 
 use super::{EpochRecord, TrainSettings};
-use crate::error::{Error, Result};
-use crate::progress::Progress;
+use emshap_ci::error::{Error, Result};
+use emshap_ci::progress::Progress;
 
 /// What the loop needs from a model.
 pub trait Trainee {

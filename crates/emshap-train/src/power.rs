@@ -14,10 +14,10 @@ use super::data::{self, Snapshot, Split};
 use super::fit::{self, Trainee};
 use super::tensors::{self, Comparison};
 use super::{PowerSettings, TrainReport, POWER_CHECKPOINT, POWER_HISTORY, POWER_ONNX};
-use crate::error::{Error, Result};
-use crate::kpi::power_kpis;
-use crate::onnx::{self, attr_int, Dim, GraphBuilder};
-use crate::progress::Progress;
+use emshap_ci::error::{Error, Result};
+use emshap_ci::kpi::power_kpis;
+use emshap_ci::onnx::{self, attr_int, Dim, GraphBuilder};
+use emshap_ci::progress::Progress;
 
 const BN_EPS: f64 = 1e-5;
 
@@ -203,7 +203,10 @@ pub fn metadata(snap: &Snapshot, sha: &str, model: &str) -> Vec<(&'static str, S
         ("model", model.to_string()),
         ("feature_names", snap.dataset.features.join(",")),
         ("commit_sha", sha.to_string()),
-        ("schema_version", crate::schema::SCHEMA_VERSION.to_string()),
+        (
+            "schema_version",
+            emshap_ci::schema::SCHEMA_VERSION.to_string(),
+        ),
         ("scaler_sha256", snap.scaler_sha256.clone()),
         ("snapshot_sha256", snap.dataset.snapshot_sha256.clone()),
         (
@@ -324,10 +327,10 @@ impl Loaded {
             .map_err(|e| bad(format!("{POWER_HISTORY}: {e}")))?;
         let s: PowerSettings = serde_json::from_value(history.settings)
             .map_err(|e| bad(format!("{POWER_HISTORY} settings: {e}")))?;
-        let scaler: crate::pull::snapshot::Scaler =
-            serde_json::from_slice(&read(crate::pull::snapshot::SCALER_FILE)?)
+        let scaler: emshap_ci::pull::snapshot::Scaler =
+            serde_json::from_slice(&read(emshap_ci::pull::snapshot::SCALER_FILE)?)
                 .map_err(|e| bad(format!("scaler.json: {e}")))?;
-        let model = crate::proto::onnx::ModelProto::decode(read(POWER_ONNX)?.as_slice())
+        let model = emshap_ci::proto::onnx::ModelProto::decode(read(POWER_ONNX)?.as_slice())
             .map_err(|e| bad(format!("{POWER_ONNX}: {e}")))?;
         let meta = |key: &str| -> Result<f64> {
             model
@@ -431,7 +434,7 @@ pub fn sample_rows(split: &Split, max_rows: usize, seed: u64) -> Split {
 pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
     let c = &s.common;
     let device = tensors::device(c.device)?;
-    crate::native::keep_freed_memory();
+    emshap_ci::native::keep_freed_memory();
     let snap = data::load(&c.data)?;
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);
@@ -487,7 +490,7 @@ pub fn train(s: &PowerSettings, progress: &Progress) -> Result<TrainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{resolve_train_power, ConfigFile};
+    use emshap_ci::settings::{resolve_train_power, ConfigFile};
 
     #[test]
     fn the_proof_catches_a_graph_that_differs_from_libtorch() {
@@ -499,7 +502,7 @@ mod tests {
         let y = (150.0, 40.0);
         let model = export(&net, &snap, y, "test");
         let proof = prove(&model, &net, &snap, y, 1, Device::Cpu).unwrap();
-        assert!(proof.rows >= crate::train::PROOF_ROWS);
+        assert!(proof.rows >= emshap_ci::train::PROOF_ROWS);
         // libtorch's model moves away from the exported file by 0.4 W.
         let mut bias = net.l3.bs.as_ref().unwrap().shallow_clone();
         tch::no_grad(|| {

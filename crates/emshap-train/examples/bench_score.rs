@@ -2,15 +2,14 @@
 //! snapshot's test split through ONNX Runtime (the runtime `evaluate` uses), at several
 //! batch sizes, against the libtorch forward pass of the same trained model.
 //!
-//! usage: cargo run --release --features torch --example bench_score -- MODELS DATA [THREADS]
+//! usage: cargo run --release -p emshap-train --example bench_score -- MODELS DATA [THREADS]
 
-#[cfg(feature = "torch")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use std::time::Instant;
 
     use emshap_ci::onnx::{Session, Tensor};
     use emshap_ci::train::data;
-    use emshap_ci::train::power::Loaded;
+    use emshap_train::power::Loaded;
 
     let args: Vec<String> = std::env::args().collect();
     let (models, data_dir) = (
@@ -89,10 +88,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-#[cfg(not(feature = "torch"))]
-fn main() {
-    eprintln!("bench_score needs --features torch");
-    std::process::exit(2);
 }

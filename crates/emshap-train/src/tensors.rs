@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use super::{DeviceChoice, Proof, PROOF_TOLERANCE};
-use crate::error::{Error, Result};
+use emshap_ci::error::{Error, Result};
 
 pub fn device(choice: DeviceChoice) -> Result<Device> {
     match choice {
@@ -108,7 +108,7 @@ impl Comparison {
 pub fn write_all(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<Vec<String>> {
     fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
     for (name, _) in files {
-        crate::pull::snapshot::remove_stale(dir, &format!(".{name}.tmp-"));
+        emshap_ci::pull::snapshot::remove_stale(dir, &format!(".{name}.tmp-"));
     }
     let pid = std::process::id();
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();

@@ -31,10 +31,10 @@ use super::tensors::{self, Comparison};
 use super::{
     EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX,
 };
-use crate::error::{Error, Result};
-use crate::kpi::{column_sd, emshap_kpis, fixed_draws, masks, FixedDraws};
-use crate::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
-use crate::progress::Progress;
+use emshap_ci::error::{Error, Result};
+use emshap_ci::kpi::{column_sd, emshap_kpis, fixed_draws, masks, FixedDraws};
+use emshap_ci::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
+use emshap_ci::progress::Progress;
 
 const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_7;
 const SCALE_FLOOR: f64 = 1e-3;
@@ -1190,7 +1190,7 @@ fn prove(
 pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     let c = &s.common;
     let device = tensors::device(c.device)?;
-    crate::native::keep_freed_memory();
+    emshap_ci::native::keep_freed_memory();
     let snap = data::load(&c.data)?;
     tch::set_num_threads(c.threads as i32);
     tch::manual_seed(c.seed as i64);
@@ -1264,7 +1264,7 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{resolve_train_emshap, ConfigFile};
+    use emshap_ci::settings::{resolve_train_emshap, ConfigFile};
 
     #[test]
     fn the_proof_passes_an_exact_export_and_catches_a_graph_that_differs() {
@@ -1288,10 +1288,10 @@ mod tests {
             };
             let model = export(&net, &snap, &s, &decision);
             let proof = prove(&model, &net, &snap, &s, on, Device::Cpu).unwrap();
-            assert!(proof.rows >= crate::train::PROOF_ROWS);
+            assert!(proof.rows >= emshap_ci::train::PROOF_ROWS);
             assert_eq!(proof.max_rel_diff.len(), 5, "{:?}", proof.max_rel_diff);
             assert_eq!(
-                crate::explain::energy_correction(&model),
+                emshap_ci::explain::energy_correction(&model),
                 Some(on),
                 "the metadata says whether the energy is on"
             );
