@@ -11,6 +11,7 @@ pub mod framing;
 pub mod gate;
 pub mod generate;
 pub mod gha;
+pub mod graphs;
 pub mod github;
 pub mod kafka;
 pub mod kpi;
