@@ -281,7 +281,12 @@ pub fn emshap_graph(net: &EmshapWeights, stamp: &Stamp) -> Vec<u8> {
         let w = net.gru_w_ih.rows_range(k * h, h);
         let b: Vec<f32> = (0..h)
             .map(|i| {
-                net.gru_b_ih[k * h + i] + if with_hh { net.gru_b_hh[k * h + i] } else { 0.0 }
+                net.gru_b_ih[k * h + i]
+                    + if with_hh {
+                        net.gru_b_hh[k * h + i]
+                    } else {
+                        0.0
+                    }
             })
             .collect();
         let wn = g.constant(&format!("gru_w{name}"), &w.dims(), &w.data);
@@ -561,8 +566,8 @@ pub mod reference {
             .map(|i| {
                 let r = sigmoid(pre[i] + net.gru_b_ih[i] + net.gru_b_hh[i]);
                 let z = sigmoid(pre[h + i] + net.gru_b_ih[h + i] + net.gru_b_hh[h + i]);
-                let n = (pre[2 * h + i] + net.gru_b_ih[2 * h + i] + r * net.gru_b_hh[2 * h + i])
-                    .tanh();
+                let n =
+                    (pre[2 * h + i] + net.gru_b_ih[2 * h + i] + r * net.gru_b_hh[2 * h + i]).tanh();
                 (1.0 - z) * n
             })
             .collect();
@@ -700,8 +705,7 @@ pub mod reference {
                 } else {
                     imp * stamp.std[j] as f32 + stamp.mean[j] as f32
                 });
-                out.log_density
-                    .push(if o { 0.0 } else { logp - log_std });
+                out.log_density.push(if o { 0.0 } else { logp - log_std });
                 out.proposal_log_density
                     .push(if o { 0.0 } else { lq_x - log_std });
             }
@@ -745,9 +749,7 @@ pub mod seeded {
 
         pub fn normal(&mut self, n: usize) -> Vec<f32> {
             use rand_distr::{Distribution, StandardNormal};
-            (0..n)
-                .map(|_| StandardNormal.sample(&mut self.0))
-                .collect()
+            (0..n).map(|_| StandardNormal.sample(&mut self.0)).collect()
         }
     }
 
@@ -904,7 +906,10 @@ mod tests {
             ];
             for (name, want, scale) in checks {
                 let diff = max_rel(get(name), want);
-                assert!(diff < 1e-4 * scale, "energy {energy:?}: {name} differs by {diff}");
+                assert!(
+                    diff < 1e-4 * scale,
+                    "energy {energy:?}: {name} differs by {diff}"
+                );
             }
             // Not vacuous: the energy makes the weights non-uniform, and densities vary.
             let w_spread = want.weights.iter().fold(0.0f32, |a, &b| a.max(b)) - 1.0 / k as f32;

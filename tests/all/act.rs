@@ -2,8 +2,10 @@
 //! tests/act/workflow.yml on this machine (host mode, offline), whose job uses `./`, with
 //! everything real on 127.0.0.1: the release asset of the binary under test (packaged by
 //! scripts/package.sh, served by the GitHub stand-in, verified by scripts/install.sh), the S3
-//! server as the store and the GitHub stand-in as the API. The one thing not real is
-//! actions/cache, which act would clone from github.com: tests/act/cache-stand-in replaces it.
+//! server as the store and the GitHub stand-in as the API. Not real: actions/cache, which act
+//! would clone from github.com (tests/act/cache-stand-in replaces it), and the trainer the
+//! asset carries, which is the fake trainer (src/fake_train.rs: the trainer's protocol,
+//! small graphs) so that this test does not train real models.
 //! Also: install.sh refuses an asset whose sha256 does not match.
 
 use std::path::Path;
@@ -11,29 +13,30 @@ use std::process::Command;
 
 use crate::github::Stand;
 
-#[cfg(feature = "real-training")]
 const TAG: &str = "v0.0.1-test";
-#[cfg(feature = "real-training")]
 const ASSET: &str = "emshap-ci-v0.0.1-test-x86_64-unknown-linux-gnu.tar.gz";
-#[cfg(feature = "real-training")]
 const TOKEN: &str = "ghs_actTestTokenThatMustNeverBePrinted0002";
 /// actions/cache as action.yml pins it.
-#[cfg(feature = "real-training")]
 const CACHE_ACTION: &str = "actions/cache@0057852bfaa89a56745cba8c7296529d2fc39830";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Packages the binary under test as release `tag` and serves the asset and its sha256 (or
-/// `sha256`, when given) from the stand-in, as GitHub serves release downloads.
+/// Packages the binary under test (with the fake trainer as emshap-ci-train) as release
+/// `tag` and serves the asset and its sha256 (or `sha256`, when given) from the stand-in, as
+/// GitHub serves release downloads.
 fn serve_release(stand: &Stand, dir: &Path, tag: &str, sha256: Option<&str>) {
+    let bins = dir.join("bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_emshap-ci"), bins.join("emshap-ci")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_emshap-ci-fake-train"),
+        bins.join("emshap-ci-train"),
+    )
+    .unwrap();
     let o = Command::new(repo().join("scripts/package.sh"))
-        .args([
-            env!("CARGO_BIN_EXE_emshap-ci").as_ref(),
-            dir.as_os_str(),
-            tag.as_ref(),
-        ])
+        .args([bins.as_os_str(), dir.as_os_str(), tag.as_ref()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -81,7 +84,6 @@ fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
     assert!(kept.is_empty(), "the refused asset is not kept: {kept:?}");
 }
 
-#[cfg(feature = "real-training")]
 /// Tracked and untracked-but-not-ignored files: what a checkout of this commit would hold.
 fn copy_checkout(to: &Path) {
     let o = Command::new("git")
@@ -119,7 +121,6 @@ fn copy_checkout(to: &Path) {
     git(&["commit", "-q", "-m", "act test"]);
 }
 
-#[cfg(feature = "real-training")]
 #[test]
 fn act_runs_the_composite_action_from_a_release_asset_against_s3_and_the_github_stand_in() {
     let act = std::env::var("EMSHAP_CI_ACT").unwrap_or_default();

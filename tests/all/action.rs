@@ -23,6 +23,10 @@ fn action(dir: &Path, mode: &str, extra: &[(&str, String)]) -> Output {
         .env("GITHUB_STEP_SUMMARY", dir.join("summary.md"))
         .env("GITHUB_SHA", "abcdef1234")
         .env("EMSHAP_CI_BIN", env!("CARGO_BIN_EXE_emshap-ci"))
+        .env(
+            "EMSHAP_CI_TRAIN_BIN",
+            env!("CARGO_BIN_EXE_emshap-ci-fake-train"),
+        )
         .env("EMSHAP_CI_MODE", mode)
         .env("EMSHAP_CI_EPOCHS", "2")
         .env("EMSHAP_CI_MAX_ROWS", "2000")

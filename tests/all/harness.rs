@@ -9,7 +9,22 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests' stand-in for emshap-ci-train (src/fake_train.rs): small valid graphs in well
+/// under a second, through the trainer's real protocol. Built with the `fake-trainer`
+/// feature; `bin()` points emshap-ci at it. Tests of training itself use `real::*`.
+pub const FAKE_TRAINER: Option<&str> = option_env!("CARGO_BIN_EXE_emshap-ci-fake-train");
+
+/// emshap-ci, with training done by the fake trainer.
 pub fn bin() -> Command {
+    let mut c = plain_bin();
+    if let Some(fake) = FAKE_TRAINER {
+        c.env("EMSHAP_CI_TRAIN_BIN", fake);
+    }
+    c
+}
+
+/// emshap-ci with nothing set up for training: it finds emshap-ci-train beside itself.
+pub fn plain_bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_emshap-ci"));
     // Tests see only what they set: no EMSHAP_CI_* or AWS_* from the developer's shell, and
     // no AWS profile files or instance metadata behind the SDK's credential chain.
@@ -23,6 +38,55 @@ pub fn bin() -> Command {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true");
     c
+}
+
+/// The same helpers with real training: emshap-ci starts the emshap-ci-train built beside
+/// it (`cargo nextest run --workspace --all-features` builds it).
+#[cfg(feature = "real-training")]
+pub mod real {
+    use std::path::Path;
+    use std::process::{Command, Output, Stdio};
+
+    pub use super::*;
+
+    pub fn bin() -> Command {
+        super::plain_bin()
+    }
+
+    pub fn run(dir: &Path, args: &[&str]) -> Output {
+        bin()
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("emshap-ci runs")
+    }
+
+    pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
+        bin()
+            .args(args)
+            .env(key, value)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("emshap-ci runs")
+    }
+
+    pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "train",
+            model,
+            "--data",
+            "data",
+            "--out",
+            out,
+            "--threads",
+            "2",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        run(dir, &args)
+    }
 }
 
 /// Runs emshap-ci with `args` in `dir`.
@@ -55,7 +119,6 @@ pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
 }
 
 /// Runs `emshap-ci train MODEL --data data --out OUT --threads 2 -q EXTRA..` in `dir`.
-#[cfg_attr(not(feature = "real-training"), allow(dead_code))]
 pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "train",
@@ -73,7 +136,6 @@ pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output
 }
 
 /// A JSON file, parsed.
-#[cfg_attr(not(feature = "real-training"), allow(dead_code))]
 pub fn json_file(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }

@@ -2,11 +2,12 @@
 //! start a real Tansu broker, those named `s3_*` a real S3-compatible server (see `harness`);
 //! the fast ones run with `cargo nextest run -E 'not test(/kafka|s3_/)'`.
 
+#[cfg(feature = "fake-trainer")]
 mod act;
-#[cfg(feature = "real-training")]
+#[cfg(feature = "fake-trainer")]
 mod action;
 mod cli;
-#[cfg(feature = "real-training")]
+#[cfg(feature = "fake-trainer")]
 mod evaluate;
 mod explain;
 mod github;
@@ -16,7 +17,7 @@ mod pull_file;
 mod pull_kafka;
 #[cfg(feature = "real-training")]
 mod quality;
-#[cfg(feature = "real-training")]
+#[cfg(feature = "fake-trainer")]
 mod run;
 mod s3;
 mod smoke;

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-use crate::harness::*;
+use crate::harness::real::*;
 
 /// Pulls the embedded fixture into `dir/data` (16k records from `generate`).
 fn snapshot(dir: &Path) {

@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use prost::Message;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,21 +23,19 @@ use tch::{Device, Kind, Tensor};
 
 use super::data::{self, Snapshot, Split};
 use super::fit::{self, Trainee};
-use super::power::{
-    metadata, proof_rows, raw_features, sample_rows, scaler_nodes, standardise_like_graph,
-};
+use super::power::{proof_rows, raw_features, sample_rows, standardise_like_graph};
 use super::tensors::{self, Comparison};
 use super::{
     EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX,
 };
 use emshap_ci::error::{Error, Result};
 use emshap_ci::kpi::{column_sd, emshap_kpis, fixed_draws, masks, FixedDraws};
-use emshap_ci::onnx::{self, attr_int, attr_ints, Dim, GraphBuilder};
+use emshap_ci::onnx;
 use emshap_ci::progress::Progress;
 
-const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_7;
-const SCALE_FLOOR: f64 = 1e-3;
-const ENERGY_MAX: f64 = 30.0;
+use emshap_ci::graphs::{
+    self, Dense, EmshapWeights, EnergyWeights, Matrix, Stamp, ENERGY_MAX, HALF_LOG_2PI, SCALE_FLOOR,
+};
 /// Validation rows of the K → 4K convergence check of the energy-on/off decision.
 const DECIDE_ROWS: usize = 256;
 /// Rows per libtorch/ONNX Runtime call when scoring (bounds memory: rows·(K+1)·d·hidden).
@@ -763,263 +760,47 @@ fn test_kpis(
     m
 }
 
-fn weights_of(t: &Tensor) -> Vec<f32> {
-    tensors::to_vec(t)
+fn matrix_of(t: &Tensor) -> Matrix {
+    let t = t.detach().to_device(Device::Cpu);
+    let size = t.size();
+    Matrix::new(size[0] as usize, size[1] as usize, tensors::to_vec(&t))
 }
 
+fn dense_of(l: &nn::Linear) -> Dense {
+    Dense {
+        w: matrix_of(&l.ws),
+        b: tensors::to_vec(&l.bs.as_ref().expect("bias").detach().to_device(Device::Cpu)),
+    }
+}
+
+/// The net's weights as plain arrays (the energy network only when it is kept).
+fn weights(net: &Net, s: &EmshapSettings, energy: &EnergyDecision) -> EmshapWeights {
+    let vec = |t: &Tensor| tensors::to_vec(&t.detach().to_device(Device::Cpu));
+    EmshapWeights {
+        mixtures: net.m as usize,
+        context: net.c as usize,
+        gru_w_ih: matrix_of(&net.w_ih),
+        gru_b_ih: vec(&net.b_ih),
+        gru_b_hh: vec(&net.b_hh),
+        head1: dense_of(&net.head1),
+        head2: dense_of(&net.head2),
+        energy: energy.on.then(|| EnergyWeights {
+            inp: dense_of(&net.inp),
+            blocks: net
+                .blocks
+                .iter()
+                .map(|(a, b)| (dense_of(a), dense_of(b)))
+                .collect(),
+            out: dense_of(&net.out),
+        }),
+        proposals: s.proposals,
+        energy_decision: energy.reason.clone(),
+    }
+}
+
+/// DESIGN §5's `emshap_model.onnx`, built by the core from the net's weights.
 fn export(net: &Net, snap: &Snapshot, s: &EmshapSettings, energy: &EnergyDecision) -> Vec<u8> {
-    let (d, m, c) = (net.d, net.m, net.c);
-    let mut g = GraphBuilder::new();
-    let features = g.input("features", &[Dim::Named("N"), Dim::Fixed(d)]);
-    let observed = g.input("observed", &[Dim::Named("N"), Dim::Fixed(d)]);
-    let noise = g.input("noise", &[Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)]);
-    let cu = g.input(
-        "component_u",
-        &[Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)],
-    );
-    let xs = scaler_nodes(&mut g, &features, snap);
-    let half = g.scalar("half", 0.5);
-    let zero = g.scalar("zero", 0.0);
-    let one = g.scalar("one", 1.0);
-    let obs = g.op("Greater", &[&observed, &half], vec![]);
-    let obs_f = g.op("Cast", &[&obs], vec![attr_int("to", 1)]);
-    let xb = g.op("Where", &[&obs, &xs, &zero], vec![]);
-    let phi = g.op("Concat", &[&xb, &obs_f], vec![attr_int("axis", 1)]);
-
-    // GRU, one step from h0 = 0: r and z take both biases; n takes r·b_hn.
-    let h = net.w_ih.size()[0] / 3;
-    let w_ih = net.w_ih.detach().to_device(Device::Cpu);
-    let b_ih = net.b_ih.detach().to_device(Device::Cpu);
-    let b_hh = net.b_hh.detach().to_device(Device::Cpu);
-    let gate = |g: &mut GraphBuilder, k: i64, with_hh: bool, name: &str| {
-        let w = w_ih.narrow(0, k * h, h);
-        let b = if with_hh {
-            b_ih.narrow(0, k * h, h) + b_hh.narrow(0, k * h, h)
-        } else {
-            b_ih.narrow(0, k * h, h)
-        };
-        let wn = g.constant(&format!("gru_w{name}"), &[h, 2 * d], &weights_of(&w));
-        let bn = g.constant(&format!("gru_b{name}"), &[h], &weights_of(&b));
-        g.op("Gemm", &[&phi, &wn, &bn], vec![attr_int("transB", 1)])
-    };
-    let r = gate(&mut g, 0, true, "r");
-    let r = g.op("Sigmoid", &[&r], vec![]);
-    let z = gate(&mut g, 1, true, "z");
-    let z = g.op("Sigmoid", &[&z], vec![]);
-    let n = gate(&mut g, 2, false, "n");
-    let bhn = g.constant("gru_bhn", &[h], &weights_of(&b_hh.narrow(0, 2 * h, h)));
-    let rb = g.op("Mul", &[&r, &bhn], vec![]);
-    let n = g.op("Add", &[&n, &rb], vec![]);
-    let n = g.op("Tanh", &[&n], vec![]);
-    let omz = g.op("Sub", &[&one, &z], vec![]);
-    let hid = g.op("Mul", &[&omz, &n], vec![]);
-
-    let linear = |g: &mut GraphBuilder, input: &str, l: &nn::Linear, name: &str| {
-        let w = l.ws.detach().to_device(Device::Cpu);
-        let wn = g.constant(&format!("{name}_weight"), &w.size(), &weights_of(&w));
-        let bn = g.constant(
-            &format!("{name}_bias"),
-            &[w.size()[0]],
-            &weights_of(l.bs.as_ref().expect("bias")),
-        );
-        g.op("Gemm", &[input, &wn, &bn], vec![attr_int("transB", 1)])
-    };
-    let hid = g.op("Relu", &[&hid], vec![]);
-    let hid = linear(&mut g, &hid, &net.head1, "head1");
-    let hid = g.op("Relu", &[&hid], vec![]);
-    let p = linear(&mut g, &hid, &net.head2, "head2");
-    let shape = g.constant_i64("params_shape", &[3], &[-1, d, 3 * m + c]);
-    let p = g.op("Reshape", &[&p, &shape], vec![]);
-    let axis2 = g.constant_i64("axis2", &[1], &[2]);
-    let slice = |g: &mut GraphBuilder, input: &str, from: i64, to: i64, axes: &str| {
-        let s = g.constant_i64("start", &[1], &[from]);
-        let e = g.constant_i64("end", &[1], &[to]);
-        g.op("Slice", &[input, &s, &e, axes], vec![])
-    };
-    let logits = slice(&mut g, &p, 0, m, &axis2);
-    let means = slice(&mut g, &p, m, 2 * m, &axis2);
-    let sraw = slice(&mut g, &p, 2 * m, 3 * m, &axis2);
-    let ctx = slice(&mut g, &p, 3 * m, 3 * m + c, &axis2);
-    let floor = g.scalar("scale_floor", SCALE_FLOOR as f32);
-    let scales = g.op("Softplus", &[&sraw], vec![]);
-    let scales = g.op("Add", &[&scales, &floor], vec![]);
-
-    // Sampling by inverse CDF: component = #{m : cdf_m < u}, capped at M − 1.
-    let ax1 = g.constant_i64("axis1", &[1], &[1]);
-    let ax3 = g.constant_i64("axis3", &[1], &[3]);
-    let probs = g.op("Softmax", &[&logits], vec![attr_int("axis", 2)]);
-    let ax2_scalar = g.constant_i64("cumsum_axis", &[], &[2]);
-    let cdf = g.op("CumSum", &[&probs, &ax2_scalar], vec![]);
-    let cdf4 = g.op("Unsqueeze", &[&cdf, &ax1], vec![]);
-    let u4 = g.op("Unsqueeze", &[&cu, &ax3], vec![]);
-    let below = g.op("Less", &[&cdf4, &u4], vec![]);
-    let below = g.op("Cast", &[&below], vec![attr_int("to", 1)]);
-    let count = g.op("ReduceSum", &[&below, &ax3], vec![attr_int("keepdims", 0)]);
-    let last = g.scalar("last_component", (m - 1) as f32);
-    let comp = g.op("Min", &[&count, &last], vec![]);
-    let comp4 = g.op("Unsqueeze", &[&comp, &ax3], vec![]);
-    let range: Vec<f32> = (0..m).map(|v| v as f32).collect();
-    let range = g.constant("components", &[m], &range);
-    let onehot = g.op("Equal", &[&comp4, &range], vec![]);
-    let onehot = g.op("Cast", &[&onehot], vec![attr_int("to", 1)]);
-    let means4 = g.op("Unsqueeze", &[&means, &ax1], vec![]);
-    let scales4 = g.op("Unsqueeze", &[&scales, &ax1], vec![]);
-    let pick = |g: &mut GraphBuilder, of: &str| {
-        let t = g.op("Mul", &[&onehot, of], vec![]);
-        g.op("ReduceSum", &[&t, &ax3], vec![attr_int("keepdims", 0)])
-    };
-    let mu = pick(&mut g, &means4);
-    let sd = pick(&mut g, &scales4);
-    let step = g.op("Mul", &[&sd, &noise], vec![]);
-    let v = g.op("Add", &[&mu, &step], vec![]);
-
-    // log q of the mixture at values [N, K', d].
-    let logpi = g.op("LogSoftmax", &[&logits], vec![attr_int("axis", 2)]);
-    let logpi4 = g.op("Unsqueeze", &[&logpi, &ax1], vec![]);
-    let logs = g.op("Log", &[&scales], vec![]);
-    let logs4 = g.op("Unsqueeze", &[&logs, &ax1], vec![]);
-    let neg_half = g.scalar("neg_half", -0.5);
-    let c2pi = g.scalar("half_log_2pi", HALF_LOG_2PI as f32);
-    let log_q = |g: &mut GraphBuilder, val: &str| {
-        let v4 = g.op("Unsqueeze", &[val, &ax3], vec![]);
-        let diff = g.op("Sub", &[&v4, &means4], vec![]);
-        let zz = g.op("Div", &[&diff, &scales4], vec![]);
-        let sq = g.op("Mul", &[&zz, &zz], vec![]);
-        let lp = g.op("Mul", &[&sq, &neg_half], vec![]);
-        let lp = g.op("Sub", &[&lp, &logs4], vec![]);
-        let lp = g.op("Sub", &[&lp, &c2pi], vec![]);
-        let t = g.op("Add", &[&logpi4, &lp], vec![]);
-        g.op(
-            "ReduceLogSumExp",
-            &[&t],
-            vec![attr_ints("axes", &[3]), attr_int("keepdims", 0)],
-        )
-    };
-    let xs3 = g.op("Unsqueeze", &[&xs, &ax1], vec![]);
-    let lq_x = log_q(&mut g, &xs3);
-    let lq_x = g.op("Squeeze", &[&lq_x, &ax1], vec![]);
-
-    let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
-    let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
-    let log_std: Vec<f32> = snap.scaler.std.iter().map(|&v| v.ln() as f32).collect();
-    let mean_c = g.constant("raw_mean", &[d], &mean);
-    let std_c = g.constant("raw_std", &[d], &std);
-    let log_std_c = g.constant("raw_log_std", &[d], &log_std);
-
-    // The proposal's log density of the given values, raw units.
-    let lq_raw = g.op("Sub", &[&lq_x, &log_std_c], vec![]);
-    let proposal_log_density = g.op("Where", &[&obs, &zero, &lq_raw], vec![]);
-
-    let (weights, imp, logp) = if energy.on {
-        // Energies of [x, v_1..v_K]: the first layer's per-entry part once, then per
-        // candidate.
-        let w = net.inp.ws.detach().to_device(Device::Cpu);
-        let eh = w.size()[0];
-        let w_v = g.constant("energy_wv", &[eh], &weights_of(&w.narrow(1, 0, 1)));
-        let w_oh_t = g.constant(
-            "energy_onehot",
-            &[d, eh],
-            &weights_of(&w.narrow(1, 1, d).tr()),
-        );
-        let w_c_t = g.constant(
-            "energy_wc",
-            &[c, eh],
-            &weights_of(&w.narrow(1, 1 + d, c).tr()),
-        );
-        let b_in = g.constant(
-            "energy_bias",
-            &[eh],
-            &weights_of(net.inp.bs.as_ref().expect("bias")),
-        );
-        let base = g.op("MatMul", &[&ctx, &w_c_t], vec![]);
-        let base = g.op("Add", &[&base, &b_in], vec![]);
-        let base = g.op("Add", &[&base, &w_oh_t], vec![]);
-        let base4 = g.op("Unsqueeze", &[&base, &ax1], vec![]);
-        let cand = g.op("Concat", &[&xs3, &v], vec![attr_int("axis", 1)]);
-        let cand4 = g.op("Unsqueeze", &[&cand, &ax3], vec![]);
-        let hh = g.op("Mul", &[&cand4, &w_v], vec![]);
-        let mut hh = g.op("Add", &[&hh, &base4], vec![]);
-        let matmul = |g: &mut GraphBuilder, input: &str, l: &nn::Linear, name: &str| {
-            let wt = l.ws.detach().to_device(Device::Cpu).tr();
-            let wn = g.constant(&format!("{name}_weight_t"), &wt.size(), &weights_of(&wt));
-            let bn = g.constant(
-                &format!("{name}_bias"),
-                &[wt.size()[1]],
-                &weights_of(l.bs.as_ref().expect("bias")),
-            );
-            let t = g.op("MatMul", &[input, &wn], vec![]);
-            g.op("Add", &[&t, &bn], vec![])
-        };
-        for (i, (a, b)) in net.blocks.iter().enumerate() {
-            let t = matmul(&mut g, &hh, a, &format!("block{i}_a"));
-            let t = g.op("Relu", &[&t], vec![]);
-            let t = matmul(&mut g, &t, b, &format!("block{i}_b"));
-            hh = g.op("Add", &[&hh, &t], vec![]);
-        }
-        let hh = g.op("Relu", &[&hh], vec![]);
-        let e = matmul(&mut g, &hh, &net.out, "energy_out");
-        let e = g.op("Squeeze", &[&e, &ax3], vec![]);
-        let e = g.op("Softplus", &[&e], vec![]);
-        let emax = g.scalar("energy_max", ENERGY_MAX as f32);
-        let e = g.op("Clip", &[&e, &zero, &emax], vec![]);
-        let s0 = g.constant_i64("start", &[1], &[0]);
-        let s1 = g.constant_i64("end", &[1], &[1]);
-        let send = g.constant_i64("end", &[1], &[i64::MAX]);
-        let e_x = g.op("Slice", &[&e, &s0, &s1, &ax1], vec![]);
-        let e_x = g.op("Squeeze", &[&e_x, &ax1], vec![]);
-        let e_v = g.op("Slice", &[&e, &s1, &send, &ax1], vec![]);
-        // Residual form p ∝ q·exp(−E): weights ∝ exp(−E(v_k)), bounded.
-        let logw = g.op("Neg", &[&e_v], vec![]);
-        let weights = g.op("Softmax", &[&logw], vec![attr_int("axis", 1)]);
-        let wv = g.op("Mul", &[&weights, &v], vec![]);
-        let imp = g.op("ReduceSum", &[&wv, &ax1], vec![attr_int("keepdims", 0)]);
-        let shape = g.op("Shape", &[&noise], vec![]);
-        let k_idx = g.constant_i64("k_index", &[], &[1]);
-        let k_n = g.op("Gather", &[&shape, &k_idx], vec![attr_int("axis", 0)]);
-        let k_f = g.op("Cast", &[&k_n], vec![attr_int("to", 1)]);
-        let log_k = g.op("Log", &[&k_f], vec![]);
-        let lse = g.op(
-            "ReduceLogSumExp",
-            &[&logw],
-            vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
-        );
-        let log_z = g.op("Sub", &[&lse, &log_k], vec![]);
-        let logp = g.op("Sub", &[&lq_x, &e_x], vec![]);
-        let logp = g.op("Sub", &[&logp, &log_z], vec![]);
-        (weights, imp, logp)
-    } else {
-        // The proposal alone: uniform weights, the mixture's exact mean, log q.
-        let zeros = g.op("Mul", &[&v, &zero], vec![]);
-        let weights = g.op("Softmax", &[&zeros], vec![attr_int("axis", 1)]);
-        let pm = g.op("Mul", &[&probs, &means], vec![]);
-        let imp = g.op("ReduceSum", &[&pm, &axis2], vec![attr_int("keepdims", 0)]);
-        (weights, imp, lq_x.clone())
-    };
-    let imp = g.op("Mul", &[&imp, &std_c], vec![]);
-    let imp = g.op("Add", &[&imp, &mean_c], vec![]);
-    let imputed = g.op("Where", &[&obs, &features, &imp], vec![]);
-    let samples = g.op("Mul", &[&v, &std_c], vec![]);
-    let samples = g.op("Add", &[&samples, &mean_c], vec![]);
-    let logp = g.op("Sub", &[&logp, &log_std_c], vec![]);
-    let log_density = g.op("Where", &[&obs, &zero, &logp], vec![]);
-
-    let nd = [Dim::Named("N"), Dim::Fixed(d)];
-    let nkd = [Dim::Named("N"), Dim::Named("K"), Dim::Fixed(d)];
-    g.output(&imputed, "imputed", &nd);
-    g.output(&samples, "samples", &nkd);
-    g.output(&weights, "weights", &nkd);
-    g.output(&log_density, "log_density", &nd);
-    g.output(&proposal_log_density, "proposal_log_density", &nd);
-    let mut meta = metadata(snap, &s.common.sha, "emshap");
-    meta.push(("proposals", s.proposals.to_string()));
-    meta.push(("mixtures", s.mixtures.to_string()));
-    meta.push((
-        "energy_correction",
-        if energy.on { "on" } else { "off" }.to_string(),
-    ));
-    meta.push(("energy_decision", energy.reason.clone()));
-    meta.push(("density_form", "residual: p ∝ q·exp(−E)".to_string()));
-    g.finish("emshap_model", &meta).encode_to_vec()
+    graphs::emshap_graph(&weights(net, s, energy), &Stamp::of(snap, &s.common.sha))
 }
 
 /// Moves uniforms away from the proposal CDF's steps (by less than nothing that matters:

@@ -15,8 +15,9 @@ use super::fit::{self, Trainee};
 use super::tensors::{self, Comparison};
 use super::{PowerSettings, TrainReport, POWER_CHECKPOINT, POWER_HISTORY, POWER_ONNX};
 use emshap_ci::error::{Error, Result};
+use emshap_ci::graphs::{self, Dense, Matrix, PowerWeights, Stamp};
 use emshap_ci::kpi::power_kpis;
-use emshap_ci::onnx::{self, attr_int, Dim, GraphBuilder};
+use emshap_ci::onnx;
 use emshap_ci::progress::Progress;
 
 const BN_EPS: f64 = 1e-5;
@@ -198,36 +199,6 @@ fn folded(l: &nn::Linear, bn: Option<&nn::BatchNorm>) -> (Tensor, Tensor) {
     }
 }
 
-pub fn metadata(snap: &Snapshot, sha: &str, model: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("model", model.to_string()),
-        ("feature_names", snap.dataset.features.join(",")),
-        ("commit_sha", sha.to_string()),
-        (
-            "schema_version",
-            emshap_ci::schema::SCHEMA_VERSION.to_string(),
-        ),
-        ("scaler_sha256", snap.scaler_sha256.clone()),
-        ("snapshot_sha256", snap.dataset.snapshot_sha256.clone()),
-        (
-            "producer",
-            format!("emshap-ci {}", env!("CARGO_PKG_VERSION")),
-        ),
-    ]
-}
-
-/// Standardises raw features inside the graph: (x − mean) / std, in f32 as ONNX Runtime
-/// does. Returns the standardised value's name.
-pub fn scaler_nodes(g: &mut GraphBuilder, input: &str, snap: &Snapshot) -> String {
-    let mean: Vec<f32> = snap.scaler.mean.iter().map(|&v| v as f32).collect();
-    let std: Vec<f32> = snap.scaler.std.iter().map(|&v| v as f32).collect();
-    let d = mean.len() as i64;
-    let m = g.constant("scaler_mean", &[d], &mean);
-    let s = g.constant("scaler_std", &[d], &std);
-    let centred = g.op("Sub", &[input, &m], vec![]);
-    g.op("Div", &[&centred, &s], vec![])
-}
-
 /// The same standardisation on the CPU, for the libtorch side of the proof.
 pub fn standardise_like_graph(raw: &[f32], snap: &Snapshot) -> Vec<f32> {
     let d = snap.scaler.mean.len();
@@ -246,40 +217,31 @@ pub fn raw_features(x: &[f32], snap: &Snapshot) -> Vec<f32> {
         .collect()
 }
 
+/// DESIGN §5's `power_predictor.onnx`, built by the core from the net's weights (batch
+/// norm folded in).
 fn export(net: &Net, snap: &Snapshot, y_scale: (f64, f64), sha: &str) -> Vec<u8> {
-    let base = base_value(net, snap, y_scale);
-    let d = snap.dataset.features.len() as i64;
-    let mut g = GraphBuilder::new();
-    let x = g.input("features", &[Dim::Named("N"), Dim::Fixed(d)]);
-    let xs = scaler_nodes(&mut g, &x, snap);
-    let gemm = |g: &mut GraphBuilder, input: &str, (w, b): (Tensor, Tensor), hint: &str| {
-        let dims = w.size();
-        let wn = g.constant(&format!("{hint}_weight"), &dims, &tensors::to_vec(&w));
-        let bn = g.constant(&format!("{hint}_bias"), &[dims[0]], &tensors::to_vec(&b));
-        g.op("Gemm", &[input, &wn, &bn], vec![attr_int("transB", 1)])
+    let dense = |(w, b): (Tensor, Tensor)| {
+        let size = w.size();
+        Dense {
+            w: Matrix::new(size[0] as usize, size[1] as usize, tensors::to_vec(&w)),
+            b: tensors::to_vec(&b),
+        }
     };
-    let h = gemm(&mut g, &xs, folded(&net.l1, net.bn1.as_ref()), "l1");
-    let h = g.op("Relu", &[&h], vec![]);
-    let mut h = gemm(&mut g, &h, folded(&net.l2, net.bn2.as_ref()), "l2");
-    if let Some(skip) = &net.skip {
-        let w = skip.ws.detach().to_device(Device::Cpu);
-        let wn = g.constant("skip_weight", &w.size(), &tensors::to_vec(&w));
-        let s = g.op("Gemm", &[&xs, &wn], vec![attr_int("transB", 1)]);
-        h = g.op("Add", &[&h, &s], vec![]);
-    }
-    let h = g.op("Relu", &[&h], vec![]);
-    let y = gemm(&mut g, &h, folded(&net.l3, None), "l3");
-    let sd = g.scalar("target_std", y_scale.1 as f32);
-    let mean = g.scalar("target_mean", y_scale.0 as f32);
-    let y = g.op("Mul", &[&y, &sd], vec![]);
-    let y = g.op("Add", &[&y, &mean], vec![]);
-    g.output(&y, "power_watts", &[Dim::Named("N"), Dim::Fixed(1)]);
-    let mut meta = metadata(snap, sha, "power_predictor");
-    meta.push(("target_mean", y_scale.0.to_string()));
-    meta.push(("target_std", y_scale.1.to_string()));
-    meta.push(("base_value", base.to_string()));
-    meta.push(("base_value_rows", snap.train.n.to_string()));
-    g.finish("power_predictor", &meta).encode_to_vec()
+    let weights = PowerWeights {
+        l1: dense(folded(&net.l1, net.bn1.as_ref())),
+        l2: dense(folded(&net.l2, net.bn2.as_ref())),
+        skip: net.skip.as_ref().map(|skip| {
+            let w = skip.ws.detach().to_device(Device::Cpu);
+            let size = w.size();
+            Matrix::new(size[0] as usize, size[1] as usize, tensors::to_vec(&w))
+        }),
+        l3: dense(folded(&net.l3, None)),
+        target_mean: y_scale.0,
+        target_std: y_scale.1,
+        base_value: base_value(net, snap, y_scale),
+        base_value_rows: snap.train.n,
+    };
+    graphs::power_graph(&weights, &Stamp::of(snap, sha))
 }
 
 /// v(∅) = E[f(X)] of DESIGN §6: the model's mean prediction over the whole train split
