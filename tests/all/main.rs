@@ -23,4 +23,6 @@ mod s3;
 mod smoke;
 #[cfg(feature = "real-training")]
 mod train;
+#[cfg(feature = "fake-trainer")]
+mod trainer;
 mod workflows;

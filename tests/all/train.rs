@@ -529,3 +529,65 @@ fn train_with_device_cuda_and_no_gpu_is_a_usage_error() {
     assert!(stderr(&o).contains("--device"), "{}", stderr(&o));
     assert!(!dir.path().join("models").exists());
 }
+
+/// One real end-to-end chain per mode, with the real emshap-ci-train (every other test of
+/// `run` uses the fake trainer): main promotes a trained pair, pr scores a candidate against
+/// it and publishes nothing, retrain --force promotes past a failed gate with its reason.
+#[test]
+fn run_trains_real_models_end_to_end_in_each_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let chain = |args: &[&str], epochs: &str| {
+        let mut c = bin();
+        c.arg("run")
+            .args(args)
+            .args(["--store", "store"])
+            .env("EMSHAP_CI_EPOCHS", epochs)
+            .env("EMSHAP_CI_MAX_ROWS", "2000")
+            .env("EMSHAP_CI_THREADS", "2")
+            .current_dir(d)
+            .stdin(std::process::Stdio::null());
+        c.output().unwrap()
+    };
+    let log = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let production = || json_file(&d.join("store/production.json"))["sha"].clone();
+
+    let o = chain(
+        &["--mode", "main", "--work", "w1", "--sha", "aaaa1111"],
+        "8",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", log(&o));
+    assert_eq!(production(), "aaaa1111");
+    let h = json_file(&d.join("w1/models/emshap_history.json"));
+    assert!(!h["device"].as_str().unwrap().contains("fake"), "{h}");
+    assert_eq!(h["epochs"].as_array().unwrap().len(), 8);
+
+    let o = chain(&["--mode", "pr", "--work", "w2"], "8");
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", log(&o));
+    let m = json_file(&d.join("w2/eval/metrics.json"));
+    assert_eq!(m["production_sha"], "aaaa1111", "{m}");
+    assert_eq!(production(), "aaaa1111");
+    assert!(!d.join("store/versions/local").exists());
+
+    // One epoch: a worse candidate; retrain forces it through with the reason recorded.
+    let o = chain(
+        &[
+            "--mode",
+            "retrain",
+            "--work",
+            "w3",
+            "--sha",
+            "bbbb2222",
+            "--force",
+            "--reason",
+            "incident 7",
+        ],
+        "1",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", log(&o));
+    let m = json_file(&d.join("w3/eval/metrics.json"));
+    assert_eq!(m["verdict"], "forced", "{m}");
+    assert_eq!(production(), "bbbb2222");
+}
