@@ -47,36 +47,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "generate", "ok": true, "report": report}),
             })
         }
-        Command::Pull(args) => {
-            let s = settings::resolve_pull(args, &config)?;
-            let progress = Progress::new("pull", quiet);
-            let report = crate::pull::pull(&s, &progress)?;
-            let bad: Vec<String> = report
-                .invalid
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            let text = format!(
-                "pulled {} messages from {} in {:.2} s ({:.0} msg/s): {} rows, {} duplicates, {} invalid ({:.3} %{}{})\nsnapshot {} sha256 {}",
-                report.messages,
-                report.source,
-                report.seconds,
-                report.messages_per_s,
-                report.rows,
-                report.duplicates,
-                report.invalid.values().sum::<u64>(),
-                report.invalid_ratio * 100.0,
-                if bad.is_empty() { "" } else { ": " },
-                bad.join(", "),
-                report.out.display(),
-                report.snapshot_sha256
-            );
-            Ok(Outcome {
-                text,
-                json: json!({"command": "pull", "ok": true, "report": report}),
-            })
-        }
+        Command::Pull(args) => pull(&settings::resolve_pull(args, &config)?, quiet),
         Command::Run(args) => crate::run::run(&cli.global, args),
         Command::Explain(args) => {
             let s = crate::explain::ExplainSettings {
@@ -124,63 +95,8 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "explain", "ok": true, "rows": a.rows.len(), "method": a.method, "seconds": a.seconds, "efficiency_gap": gap, "out": s.out}),
             })
         }
-        Command::Publish(args) => {
-            let store = open_store(&args.store)?;
-            let sha = sha_of(args.sha.as_deref())?;
-            let models = args.models.clone().unwrap_or_else(|| "work/models".into());
-            let eval = args.eval.clone().unwrap_or_else(|| "work/eval".into());
-            let mut files = Vec::new();
-            for (dir, name, required) in [
-                (&models, crate::train::POWER_ONNX, true),
-                (&models, crate::train::EMSHAP_ONNX, true),
-                (&models, crate::pull::snapshot::SCALER_FILE, true),
-                (&eval, crate::evaluate::METRICS_FILE, true),
-                (&eval, crate::pull::snapshot::DATASET_FILE, true),
-                (&eval, "report.md", false),
-            ] {
-                let path = dir.join(name);
-                match std::fs::read(&path) {
-                    Ok(b) => files.push((name.to_string(), b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
-                    Err(e) => return Err(Error::read(&path, e)),
-                }
-            }
-            let created = crate::store::versions::publish(store.as_ref(), &sha, &files)?;
-            let uri = format!("{}/versions/{sha}/manifest.json", store.uri());
-            let gha = crate::gha::Actions::from_env();
-            gha.output("sha", &sha)?;
-            gha.output("manifest_uri", &uri)?;
-            Ok(Outcome {
-                text: format!(
-                    "{} version {sha} ({} files): {uri}",
-                    if created {
-                        "published"
-                    } else {
-                        "already published, unchanged:"
-                    },
-                    files.len()
-                ),
-                json: json!({"command": "publish", "ok": true, "sha": sha, "created": created, "manifest_uri": uri}),
-            })
-        }
-        Command::Promote(args) => {
-            let store = open_store(&args.store)?;
-            let sha = sha_of(args.sha.as_deref())?;
-            let p = crate::store::versions::promote(
-                store.as_ref(),
-                &sha,
-                &settings::actor(),
-                args.reason.clone(),
-            )?;
-            Ok(Outcome {
-                text: format!(
-                    "production is now {} (was {})",
-                    p.sha,
-                    p.previous.as_deref().unwrap_or("none")
-                ),
-                json: json!({"command": "promote", "ok": true, "pointer": p}),
-            })
-        }
+        Command::Publish(args) => publish(args),
+        Command::Promote(args) => promote(args),
         Command::Rollback(args) => {
             let store = open_store(&args.store)?;
             let p = crate::store::versions::rollback(
@@ -217,57 +133,22 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
         Command::Dispatch(args) => dispatch(args),
         Command::Evaluate(args) => {
             let s = settings::resolve_evaluate(args, &config)?;
-            let gha = crate::gha::Actions::from_env();
-            let m = match crate::evaluate::evaluate(&s) {
-                Ok(m) => m,
-                Err(e) => {
-                    if matches!(e, Error::GateFailed { .. }) {
-                        gha.output("verdict", "fail")?;
-                    }
-                    return Err(e);
-                }
-            };
-            gha.output("verdict", &m.verdict)?;
-            Ok(Outcome {
-                text: evaluate_text(&m),
-                json: json!({"command": "evaluate", "ok": true, "metrics": m}),
-            })
+            let (m, out) = evaluate(&s)?;
+            match crate::evaluate::gate_failure(&m, &s.out.join(crate::evaluate::METRICS_FILE)) {
+                Some(e) => Err(e),
+                None => Ok(out),
+            }
         }
         Command::Train(cmd) => {
-            let report = match cmd {
+            let job = match cmd {
                 TrainCommand::Power(args) => {
-                    let s = settings::resolve_train_power(args, &config)?;
-                    crate::train::train_power(&s, &Progress::new("train power", quiet))?
+                    crate::trainer::Job::Power(settings::resolve_train_power(args, &config)?)
                 }
                 TrainCommand::Emshap(args) => {
-                    let s = settings::resolve_train_emshap(args, &config)?;
-                    crate::train::train_emshap(&s, &Progress::new("train emshap", quiet))?
+                    crate::trainer::Job::Emshap(settings::resolve_train_emshap(args, &config)?)
                 }
             };
-            let test: Vec<String> = report
-                .test
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.4}"))
-                .collect();
-            let text = format!(
-                "trained {} on {} in {:.1} s ({} epochs, best {} with validation loss {:.5}; {:.0} samples/s)\ntest: {}\nexport proven on {} rows with ONNX Runtime (max relative difference {:.2e}); wrote {} to {}",
-                report.model,
-                report.device,
-                report.seconds,
-                report.epochs_run,
-                report.best_epoch,
-                report.best_val_loss,
-                report.samples_per_s,
-                test.join(", "),
-                report.proof.rows,
-                report.proof.max_rel_diff.values().fold(0.0f64, |a, &b| a.max(b)),
-                report.files.join(", "),
-                report.out.display()
-            );
-            Ok(Outcome {
-                text,
-                json: json!({"command": "train", "ok": true, "report": report}),
-            })
+            train(&job, quiet)
         }
     }
 }
@@ -328,7 +209,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, from: &str)
     })
 }
 
-fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
+/// `report`: the evaluation as markdown (report.md, and the job summary in Actions).
+pub fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
     use crate::cli::report::Limit;
     let eval = args.eval.clone().unwrap_or_else(|| "work/eval".into());
     let models = args.models.clone().unwrap_or_else(|| "work/models".into());
@@ -394,7 +276,8 @@ fn github_client() -> Result<crate::github::GitHub> {
     crate::github::GitHub::new(&api, &repo, &token)
 }
 
-fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
+/// `comment`: the report as the PR's one emshap-ci comment.
+pub fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
     let gha = crate::gha::Actions::from_env();
     let pr = match args.pr {
         Some(n) => n,
@@ -459,7 +342,8 @@ fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
     }
 }
 
-fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
+/// `dispatch`: the deploy workflow for production's version.
+pub fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
     let sha = sha_of(args.sha.as_deref())?;
     let manifest_uri = match (&args.manifest_uri, &args.store.store) {
         (Some(uri), _) => uri.clone(),
@@ -523,4 +407,140 @@ fn sha_of(flag: Option<&str>) -> Result<String> {
 /// The JSON object printed for a failed command under `--output json`.
 pub fn error_json(e: &Error) -> serde_json::Value {
     json!({"ok": false, "error": e.to_string(), "kind": e.kind(), "exit_code": e.exit_code()})
+}
+
+/// `pull` with its settings resolved.
+pub fn pull(s: &crate::pull::PullSettings, quiet: bool) -> Result<Outcome> {
+    let progress = Progress::new("pull", quiet);
+    let report = crate::pull::pull(s, &progress)?;
+    let bad: Vec<String> = report
+        .invalid
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let text = format!(
+        "pulled {} messages from {} in {:.2} s ({:.0} msg/s): {} rows, {} duplicates, {} invalid ({:.3} %{}{})\nsnapshot {} sha256 {}",
+        report.messages,
+        report.source,
+        report.seconds,
+        report.messages_per_s,
+        report.rows,
+        report.duplicates,
+        report.invalid.values().sum::<u64>(),
+        report.invalid_ratio * 100.0,
+        if bad.is_empty() { "" } else { ": " },
+        bad.join(", "),
+        report.out.display(),
+        report.snapshot_sha256
+    );
+    Ok(Outcome {
+        text,
+        json: json!({"command": "pull", "ok": true, "report": report}),
+    })
+}
+
+/// `train power|emshap` with its settings resolved, in emshap-ci-train.
+pub fn train(job: &crate::trainer::Job, quiet: bool) -> Result<Outcome> {
+    let label = format!("train {}", job.model());
+    let report = crate::trainer::train(job, &Progress::new(&label, quiet))?;
+    let test: Vec<String> = report
+        .test
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
+    let text = format!(
+        "trained {} on {} in {:.1} s ({} epochs, best {} with validation loss {:.5}; {:.0} samples/s)\ntest: {}\nexport proven on {} rows with ONNX Runtime (max relative difference {:.2e}); wrote {} to {}",
+        report.model,
+        report.device,
+        report.seconds,
+        report.epochs_run,
+        report.best_epoch,
+        report.best_val_loss,
+        report.samples_per_s,
+        test.join(", "),
+        report.proof.rows,
+        report.proof.max_rel_diff.values().fold(0.0f64, |a, &b| a.max(b)),
+        report.files.join(", "),
+        report.out.display()
+    );
+    Ok(Outcome {
+        text,
+        json: json!({"command": "train", "ok": true, "report": report}),
+    })
+}
+
+/// `evaluate` with its settings resolved: the metrics whatever the verdict (a failed gate
+/// is not an error here; the command turns it into exit 1).
+pub fn evaluate(
+    s: &crate::evaluate::EvaluateSettings,
+) -> Result<(crate::evaluate::Metrics, Outcome)> {
+    let m = crate::evaluate::evaluate(s)?;
+    crate::gha::Actions::from_env().output("verdict", m.verdict.as_str())?;
+    let out = Outcome {
+        text: evaluate_text(&m),
+        json: json!({"command": "evaluate", "ok": m.verdict.promotable(), "metrics": m}),
+    };
+    Ok((m, out))
+}
+
+/// `publish`: the version's files under its sha, manifest last.
+pub fn publish(args: &crate::cli::store::PublishArgs) -> Result<Outcome> {
+    let store = open_store(&args.store)?;
+    let sha = sha_of(args.sha.as_deref())?;
+    let models = args.models.clone().unwrap_or_else(|| "work/models".into());
+    let eval = args.eval.clone().unwrap_or_else(|| "work/eval".into());
+    let mut files = Vec::new();
+    for (dir, name, required) in [
+        (&models, crate::train::POWER_ONNX, true),
+        (&models, crate::train::EMSHAP_ONNX, true),
+        (&models, crate::pull::snapshot::SCALER_FILE, true),
+        (&eval, crate::evaluate::METRICS_FILE, true),
+        (&eval, crate::pull::snapshot::DATASET_FILE, true),
+        (&eval, "report.md", false),
+    ] {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(b) => files.push((name.to_string(), b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+            Err(e) => return Err(Error::read(&path, e)),
+        }
+    }
+    let created = crate::store::versions::publish(store.as_ref(), &sha, &files)?;
+    let uri = format!("{}/versions/{sha}/manifest.json", store.uri());
+    let gha = crate::gha::Actions::from_env();
+    gha.output("sha", &sha)?;
+    gha.output("manifest_uri", &uri)?;
+    Ok(Outcome {
+        text: format!(
+            "{} version {sha} ({} files): {uri}",
+            if created {
+                "published"
+            } else {
+                "already published, unchanged:"
+            },
+            files.len()
+        ),
+        json: json!({"command": "publish", "ok": true, "sha": sha, "created": created, "manifest_uri": uri}),
+    })
+}
+
+/// `promote`: production points at a published version whose verdict allows it.
+pub fn promote(args: &crate::cli::store::PromoteArgs) -> Result<Outcome> {
+    let store = open_store(&args.store)?;
+    let sha = sha_of(args.sha.as_deref())?;
+    let p = crate::store::versions::promote(
+        store.as_ref(),
+        &sha,
+        &settings::actor(),
+        args.reason.clone(),
+    )?;
+    Ok(Outcome {
+        text: format!(
+            "production is now {} (was {})",
+            p.sha,
+            p.previous.as_deref().unwrap_or("none")
+        ),
+        json: json!({"command": "promote", "ok": true, "pointer": p}),
+    })
 }

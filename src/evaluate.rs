@@ -68,12 +68,44 @@ pub struct Force {
     pub failed: Vec<String>,
 }
 
+/// The gate's outcome (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every check passed.
+    Pass,
+    /// A check failed: never promoted; the command exits 1.
+    Fail,
+    /// A check failed and `--force --reason` overrode it (recorded in `force`).
+    Forced,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Forced => "forced",
+        }
+    }
+
+    /// Whether a version with this verdict may become production.
+    pub fn promotable(self) -> bool {
+        self != Verdict::Fail
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `metrics.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metrics {
     pub format: String,
-    /// pass, fail or forced.
-    pub verdict: String,
+    pub verdict: Verdict,
     pub baseline: BaselineKind,
     /// The production version compared with (from the store), if any.
     #[serde(default)]
@@ -483,16 +515,16 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         .map(|c| format!("{}.{}: {}", c.model, c.metric, c.reason))
         .collect();
     let (verdict, force) = match (&s.force, failed.is_empty()) {
-        (_, true) => ("pass", None),
+        (_, true) => (Verdict::Pass, None),
         (Some(reason), false) => (
-            "forced",
+            Verdict::Forced,
             Some(Force {
                 by: crate::settings::actor(),
                 reason: reason.clone(),
                 failed: failed.clone(),
             }),
         ),
-        (None, false) => ("fail", None),
+        (None, false) => (Verdict::Fail, None),
     };
     let attribution = attribute(s, &rows, &snap.dataset.features)?;
     let mut n_rows = BTreeMap::new();
@@ -500,7 +532,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
     n_rows.insert("emshap".to_string(), rows.n.min(s.emshap_rows));
     let metrics = Metrics {
         format: "emshap-ci.metrics/1".into(),
-        verdict: verdict.into(),
+        verdict,
         baseline: kind,
         production_sha: baseline.sha,
         baseline_note: baseline.note,
@@ -525,21 +557,28 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
     let dataset = s.data.join(crate::pull::snapshot::DATASET_FILE);
     let bytes = std::fs::read(&dataset).map_err(|e| Error::read(&dataset, e))?;
     crate::pull::snapshot::write_atomic(&s.out.join(crate::pull::snapshot::DATASET_FILE), &bytes)?;
-    if verdict == "fail" {
-        let names: Vec<String> = metrics
-            .checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| format!("{}.{}", c.model, c.metric))
-            .collect();
-        return Err(Error::GateFailed {
-            message: format!(
-                "{} (first: {}; every check in {}; override with --force --reason)",
-                names.join(", "),
-                failed[0],
-                s.out.join(METRICS_FILE).display()
-            ),
-        });
-    }
     Ok(metrics)
+}
+
+/// The error a failed gate is to the command line (exit 1): which checks failed, and where
+/// metrics.json is. None unless the verdict is `Fail`.
+pub fn gate_failure(m: &Metrics, metrics_file: &std::path::Path) -> Option<Error> {
+    if m.verdict != Verdict::Fail {
+        return None;
+    }
+    let failed: Vec<&crate::gate::Check> = m.checks.iter().filter(|c| !c.passed).collect();
+    let names: Vec<String> = failed
+        .iter()
+        .map(|c| format!("{}.{}", c.model, c.metric))
+        .collect();
+    Some(Error::GateFailed {
+        message: format!(
+            "{} (first: {}.{}: {}; every check in {}; override with --force --reason)",
+            names.join(", "),
+            failed.first().map_or("", |c| c.model.as_str()),
+            failed.first().map_or("", |c| c.metric.as_str()),
+            failed.first().map_or("", |c| c.reason.as_str()),
+            metrics_file.display()
+        ),
+    })
 }

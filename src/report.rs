@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use crate::evaluate::Metrics;
+use crate::evaluate::{Metrics, Verdict};
 use crate::gate::{Check, Direction, Rule};
 use crate::pull::Dataset;
 use crate::train::History;
@@ -106,10 +106,10 @@ fn cell(s: &str) -> String {
 fn verdict_section(m: &Metrics, sha: Option<&str>) -> String {
     let failed: Vec<&Check> = m.checks.iter().filter(|c| !c.passed).collect();
     let mut s = String::new();
-    let head = match m.verdict.as_str() {
-        "pass" => "✅ **Gate passed**",
-        "forced" => "⚠️ **Gate FORCED** (failed, overridden)",
-        _ => "❌ **Gate failed**",
+    let head = match m.verdict {
+        Verdict::Pass => "✅ **Gate passed**",
+        Verdict::Forced => "⚠️ **Gate FORCED** (failed, overridden)",
+        Verdict::Fail => "❌ **Gate failed**",
     };
     // A commit sha is shortened as git does; other version ids (local runs) are shown whole.
     let short = |s: &str| {
@@ -473,7 +473,7 @@ mod tests {
         let pass = checks.iter().all(|c| c.passed);
         Metrics {
             format: "emshap-ci.metrics/1".into(),
-            verdict: if pass { "pass" } else { "fail" }.into(),
+            verdict: if pass { Verdict::Pass } else { Verdict::Fail },
             baseline: if prod.is_some() {
                 BaselineKind::SameRows
             } else {
@@ -552,7 +552,7 @@ mod tests {
     #[test]
     fn a_forced_override_is_loud_and_names_who_and_why() {
         let mut m = metrics(kpis(2.0, 0.95), Some(kpis(1.0, 0.96)));
-        m.verdict = "forced".into();
+        m.verdict = Verdict::Forced;
         m.force = Some(crate::evaluate::Force {
             by: "octocat".into(),
             reason: "incident <42> | hotfix".into(),

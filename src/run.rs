@@ -1,10 +1,13 @@
-//! `emshap-ci run --mode pr|main|retrain`: the stages of DESIGN §2 in order, each invoked
-//! exactly as its own subcommand would be (same flags, config file and `EMSHAP_CI_*`), with
-//! the shared settings (`RunArgs`: work folder, store, sha, force) resolved once here.
+//! `emshap-ci run --mode pr|main|retrain`: the stages of DESIGN §2 in order, each called as
+//! a function (`crate::app::pull`, `train`, `evaluate`, ...) with its settings resolved once
+//! here, as its own subcommand would resolve them (config file, `EMSHAP_CI_*`), and the
+//! shared ones (`RunArgs`: work folder, store, sha, force) set on its typed arguments. No
+//! command line is built.
 //!
-//! Every stage is recorded in `WORK/run.json`: its status, the sha256 of its inputs (its
-//! command line, the config file, the `EMSHAP_CI_*` environment and the digests of the files
-//! it reads; for evaluate also production's pointer) and of the files it wrote. `--resume`
+//! Every stage is recorded in `WORK/run.json`: its status, the sha256 of its inputs (its own
+//! resolved settings, the version, and the digests of the files it reads; for evaluate also
+//! production's pointer) and of the files it wrote: so editing `[evaluate]` or
+//! `EMSHAP_CI_REASON` re-runs evaluate, never pull or train. `--resume`
 //! skips pull, train and evaluate when their inputs are unchanged and their outputs are still
 //! there, byte for byte, so a re-run after a failure at publish does not retrain. A failing
 //! stage stops the chain with its own exit code and a table that names it and why; a failed
@@ -16,22 +19,41 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use clap::Parser;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::Outcome;
 use crate::cli::run::{Mode, RunArgs};
-use crate::cli::{Cli, GlobalArgs};
+use crate::cli::GlobalArgs;
 use crate::error::{Error, Result};
 
 pub const RUN_FILE: &str = "run.json";
 
+/// What became of a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It ran and succeeded (for evaluate: whatever the verdict).
+    Done,
+    /// Skipped under --resume: its inputs and outputs are what the previous run recorded.
+    Resumed,
+    /// Not applicable in this run (see its note).
+    Skipped,
+    /// It ran and failed; the run stopped here.
+    Failed,
+}
+
+impl Status {
+    /// Whether its outputs are a stage's work (done, or resumed from a run that did it).
+    pub fn ran(self) -> bool {
+        matches!(self, Status::Done | Status::Resumed)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StageRecord {
     pub name: String,
-    /// done, resumed (skipped: unchanged), skipped (not applicable, see note), failed.
-    pub status: String,
+    pub status: Status,
     #[serde(default)]
     pub inputs: Option<String>,
     #[serde(default)]
@@ -50,13 +72,12 @@ pub struct RunRecord {
     pub sha: Option<String>,
     pub store: String,
     pub stages: Vec<StageRecord>,
-    /// pass, fail or forced (from evaluate), when it ran.
-    pub verdict: Option<String>,
+    /// From evaluate, when it ran.
+    pub verdict: Option<crate::evaluate::Verdict>,
     pub seconds: f64,
 }
 
-struct Chain<'a> {
-    global: &'a GlobalArgs,
+struct Chain {
     work: PathBuf,
     previous: Vec<StageRecord>,
     record: RunRecord,
@@ -105,7 +126,7 @@ fn output_digests(outputs: &[Outputs<'_>]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-impl Chain<'_> {
+impl Chain {
     fn save(&mut self) -> Result<()> {
         self.record.seconds = self.started.elapsed().as_secs_f64();
         let mut bytes =
@@ -116,30 +137,15 @@ impl Chain<'_> {
         Ok(())
     }
 
-    /// The digest of what a stage depends on.
-    fn inputs_digest(&self, argv: &[String], files: &[&Path], extra: &[u8]) -> Result<String> {
+    /// The digest of what a stage depends on: its own resolved settings (`settings`, their
+    /// Debug form, which holds no secrets), this emshap-ci's version, the digests of the files
+    /// it reads, and `extra` (production's pointer, for evaluate).
+    fn stage_digest(settings: &str, files: &[&Path], extra: &[u8]) -> Result<String> {
         let mut h = Sha256::new();
-        for a in argv {
-            h.update(a.as_bytes());
-            h.update([0]);
-        }
-        let config = self
-            .global
-            .config
-            .clone()
-            .or_else(|| Some(PathBuf::from(crate::settings::DEFAULT_CONFIG)))
-            .filter(|p| p.is_file());
-        if let Some(c) = config {
-            h.update(std::fs::read(&c).map_err(|e| Error::read(&c, e))?);
-        }
-        h.update([1]);
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("EMSHAP_CI_"))
-            .collect();
-        env.sort();
-        for (k, v) in env {
-            h.update(format!("{k}={v}\0").as_bytes());
-        }
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update([0]);
+        h.update(settings.as_bytes());
+        h.update([0]);
         for (p, d) in digests(files)? {
             h.update(format!("{p}={d}\0").as_bytes());
         }
@@ -147,25 +153,22 @@ impl Chain<'_> {
         Ok(hex::encode(h.finalize()))
     }
 
-    /// Runs one stage (`argv` after the binary's name), or skips it under --resume when
-    /// `resumable` holds (input files) and nothing changed. Returns the stage's result.
+    /// Runs one stage (`call`), or skips it under --resume when `digest` (what it depends
+    /// on, `None`: never skipped) is what the previous run recorded and its outputs are still
+    /// there, byte for byte. Returns the stage's result.
     fn stage(
         &mut self,
         name: &str,
-        argv: Vec<String>,
-        resumable: Option<(&[&Path], &[u8])>,
+        digest: Option<String>,
         outputs: &[Outputs<'_>],
+        call: impl FnOnce() -> Result<Outcome>,
     ) -> Result<std::result::Result<Outcome, Error>> {
         let t0 = Instant::now();
-        let inputs = match resumable {
-            Some((files, extra)) => Some(self.inputs_digest(&argv, files, extra)?),
-            None => None,
-        };
+        let inputs = digest;
         if let Some(digest) = &inputs {
             let prev = self.previous.iter().find(|s| s.name == name).cloned();
-            if let Some(prev) = prev.filter(|p| {
-                (p.status == "done" || p.status == "resumed") && p.inputs.as_ref() == Some(digest)
-            }) {
+            if let Some(prev) = prev.filter(|p| p.status.ran() && p.inputs.as_ref() == Some(digest))
+            {
                 let still: Vec<&Path> = prev.outputs.keys().map(Path::new).collect();
                 if !prev.outputs.is_empty() && digests(&still)? == prev.outputs {
                     self.say(&format!(
@@ -173,7 +176,7 @@ impl Chain<'_> {
                         prev.outputs.len()
                     ));
                     self.record.stages.push(StageRecord {
-                        status: "resumed".into(),
+                        status: Status::Resumed,
                         seconds: t0.elapsed().as_secs_f64(),
                         ..prev
                     });
@@ -185,27 +188,8 @@ impl Chain<'_> {
                 }
             }
         }
-        let mut full = vec!["emshap-ci".to_string()];
-        if let Some(c) = &self.global.config {
-            full.push("--config".into());
-            full.push(c.display().to_string());
-        }
-        for _ in 0..self.global.quiet {
-            full.push("-q".into());
-        }
-        for _ in 0..self.global.verbose {
-            full.push("-v".into());
-        }
-        full.extend(argv.iter().cloned());
-        let cli = Cli::try_parse_from(&full).map_err(|e| {
-            Error::Internal(anyhow::anyhow!(
-                "run built a bad command line {full:?}: {e}"
-            ))
-        })?;
         self.say(&format!("▶  {name}"));
-        let result = self
-            .gha
-            .group(&format!("emshap-ci {name}"), || crate::app::run(&cli));
+        let result = self.gha.group(&format!("emshap-ci {name}"), call);
         let seconds = t0.elapsed().as_secs_f64();
         let (status, exit_code, note) = match &result {
             Ok(o) => {
@@ -213,26 +197,27 @@ impl Chain<'_> {
                 if !self.quiet && !o.text.is_empty() && name != "report" {
                     println!("{}", o.text);
                 }
-                ("done", Some(0), None)
+                (Status::Done, Some(0), None)
             }
-            Err(e @ Error::GateFailed { .. }) if name == "evaluate" => {
-                ("done", Some(e.exit_code()), Some(e.to_string()))
-            }
-            Err(e) => ("failed", Some(e.exit_code()), Some(e.to_string())),
+            Err(e) => (Status::Failed, Some(e.exit_code()), Some(e.to_string())),
         };
-        let outputs = if status == "done" {
+        let outputs = if status == Status::Done {
             output_digests(outputs)?
         } else {
             BTreeMap::new()
         };
         self.say(&format!(
             "{} {name} ({seconds:.1} s)",
-            if status == "done" { "✓ " } else { "✗ " }
+            if status == Status::Done {
+                "✓ "
+            } else {
+                "✗ "
+            }
         ));
         self.record.stages.push(StageRecord {
             name: name.into(),
-            status: status.into(),
-            inputs: if status == "done" { inputs } else { None },
+            status,
+            inputs: if status == Status::Done { inputs } else { None },
             outputs,
             seconds,
             exit_code,
@@ -246,7 +231,7 @@ impl Chain<'_> {
         self.say(&format!("–  {name}: skipped ({why})"));
         self.record.stages.push(StageRecord {
             name: name.into(),
-            status: "skipped".into(),
+            status: Status::Skipped,
             inputs: None,
             outputs: BTreeMap::new(),
             seconds: 0.0,
@@ -266,12 +251,12 @@ impl Chain<'_> {
     fn table(&self) -> String {
         let mut s = String::from("| stage | status | seconds | note |\n|---|---|---:|---|\n");
         for st in &self.record.stages {
-            let mark = match st.status.as_str() {
-                "done" if st.exit_code == Some(0) => "✓ done",
-                "done" => "✓ done (gate failed)",
-                "resumed" => "⏭ resumed",
-                "skipped" => "– skipped",
-                _ => "✗ failed",
+            let mark = match st.status {
+                Status::Done if st.exit_code == Some(0) => "✓ done",
+                Status::Done => "✓ done (gate failed)",
+                Status::Resumed => "⏭ resumed",
+                Status::Skipped => "– skipped",
+                Status::Failed => "✗ failed",
             };
             let note = st.note.clone().unwrap_or_default().replace('|', "\\|");
             let _ = writeln!(s, "| {} | {mark} | {:.1} | {note} |", st.name, st.seconds);
@@ -291,6 +276,22 @@ impl Chain<'_> {
         let _ = self.gha.summary(&format!("## ❌ emshap-ci run: {text}"));
         e
     }
+}
+
+/// A stage's arguments as its subcommand would see them with no flags: what
+/// `EMSHAP_CI_*` sets (clap reads the environment), the rest unset. `run` then sets the
+/// fields it owns (folders, store, sha) on the typed struct; no command line is built.
+fn from_env<A: clap::Args + clap::FromArgMatches>(name: &'static str) -> Result<A> {
+    let cmd = A::augment_args(clap::Command::new(name).no_binary_name(true));
+    let matches = cmd
+        .try_get_matches_from(std::iter::empty::<String>())
+        .map_err(|e| {
+            Error::usage(
+                format!("{name} settings from the environment"),
+                e.to_string().trim().to_string(),
+            )
+        })?;
+    A::from_arg_matches(&matches).map_err(|e| Error::Internal(anyhow::anyhow!("{name}: {e}")))
 }
 
 /// The version id when none is given: $GITHUB_SHA, else (local runs) `local` + UTC time.
@@ -348,7 +349,6 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         Vec::new()
     };
     let mut chain = Chain {
-        global,
         work: work.clone(),
         previous,
         record: RunRecord {
@@ -364,35 +364,61 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         gha: crate::gha::Actions::from_env(),
         quiet: global.quiet > 0,
     };
+    let config = crate::settings::ConfigFile::load(global.config.as_deref())?;
     macro_rules! step {
-        ($name:expr, $argv:expr, $res:expr, $outs:expr) => {{
-            let argv: Vec<String> = $argv.iter().map(|a| a.to_string()).collect();
-            match chain.stage($name, argv, $res, $outs)? {
-                Ok(o) => Ok(o),
-                Err(e @ Error::GateFailed { .. }) if $name == "evaluate" => Err(e),
+        ($name:expr, $digest:expr, $outs:expr, $call:expr) => {{
+            match chain.stage($name, $digest, $outs, $call)? {
+                Ok(o) => o,
                 Err(e) => return Err(chain.stop($name, e)),
             }
         }};
     }
+    let quiet = global.quiet > 0;
     let all = |dir| Outputs { dir, prefixes: &[] };
-    let _ = step!(
-        "pull",
-        ["pull", "--out", &s(&data)],
-        Some((&[][..], &b""[..])),
-        &[all(&data)]
-    );
-    for model in ["power", "emshap"] {
-        let _ = step!(
+
+    // pull: its resolved settings and, for a file source, the file.
+    let mut pull_args: crate::cli::pull::PullArgs = from_env("pull")?;
+    pull_args.out = Some(data.clone());
+    let pull_settings = crate::settings::resolve_pull(&pull_args, &config)?;
+    let source_file = match &pull_settings.source {
+        crate::pull::Source::File(p) => vec![p.as_path()],
+        _ => vec![],
+    };
+    let digest = Chain::stage_digest(&format!("{pull_settings:?}"), &source_file, b"")?;
+    step!("pull", Some(digest), &[all(&data)], || {
+        crate::app::pull(&pull_settings, quiet)
+    });
+
+    // train: each model's resolved settings and the snapshot.
+    let mut power_args: crate::cli::train::TrainPowerArgs = from_env("train power")?;
+    power_args.common.data = Some(data.clone());
+    power_args.common.out = Some(models.clone());
+    let mut emshap_args: crate::cli::train::TrainEmshapArgs = from_env("train emshap")?;
+    emshap_args.common.data = Some(data.clone());
+    emshap_args.common.out = Some(models.clone());
+    let jobs = [
+        crate::trainer::Job::Power(crate::settings::resolve_train_power(&power_args, &config)?),
+        crate::trainer::Job::Emshap(crate::settings::resolve_train_emshap(
+            &emshap_args,
+            &config,
+        )?),
+    ];
+    for job in &jobs {
+        let model = job.model();
+        let digest = Chain::stage_digest(&format!("{job:?}"), &[data.as_path()], b"")?;
+        step!(
             &format!("train {model}"),
-            ["train", model, "--data", &s(&data), "--out", &s(&models)],
-            Some((&[data.as_path()][..], &b""[..])),
+            Some(digest),
             &[Outputs {
                 dir: &models,
                 prefixes: &[model, crate::pull::snapshot::SCALER_FILE],
-            }]
+            }],
+            || crate::app::train(job, quiet)
         );
     }
-    // Evaluate depends on production too: which version it is is part of the inputs.
+
+    // evaluate: its resolved settings (gate rules included), the snapshot, the models and
+    // which version production is.
     let production = |st: &dyn crate::store::Store| {
         crate::store::versions::production(st)
             .ok()
@@ -403,81 +429,78 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         .map(|p| format!("{} {}", p.sha, p.manifest_sha256))
         .unwrap_or_default()
         .into_bytes();
-    let mut eval_argv: Vec<String> = ["evaluate", "--data", &s(&data), "--models", &s(&models)]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    eval_argv.extend(["--out".into(), s(&eval)]);
-    let store_exists = store.starts_with("s3://") || Path::new(&store).is_dir();
-    if store_exists {
-        eval_argv.extend(["--store".into(), store.clone()]);
-    }
-    if args.force {
-        let reason = args.reason.clone().unwrap_or_default();
-        eval_argv.extend(["--force".into(), "--reason".into(), reason]);
-    }
-    // The gate rules are an input too (their file's bytes, not just its name).
-    let config = crate::settings::ConfigFile::load(global.config.as_deref())?;
-    let gate_file = std::env::var_os("EMSHAP_CI_GATE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or(config.evaluate.gate.clone());
-    let mut eval_inputs = vec![data.as_path(), models.as_path()];
-    if let Some(g) = &gate_file {
-        eval_inputs.push(g.as_path());
-    }
-    let gate = step!(
+    let mut eval_args: crate::cli::evaluate::EvaluateArgs = from_env("evaluate")?;
+    eval_args.data = Some(data.clone());
+    eval_args.models = Some(models.clone());
+    eval_args.out = Some(eval.clone());
+    eval_args.store =
+        (store.starts_with("s3://") || Path::new(&store).is_dir()).then(|| store.clone());
+    eval_args.force = args.force;
+    eval_args.reason = args.reason.clone();
+    let eval_settings = crate::settings::resolve_evaluate(&eval_args, &config)?;
+    let digest = Chain::stage_digest(
+        &format!("{eval_settings:?}"),
+        &[data.as_path(), models.as_path()],
+        &pointer,
+    )?;
+    let mut fresh: Option<crate::evaluate::Metrics> = None;
+    step!(
         "evaluate",
-        eval_argv,
-        Some((&eval_inputs[..], &pointer[..])),
+        Some(digest),
         &[Outputs {
             dir: &eval,
             prefixes: &[
                 crate::evaluate::METRICS_FILE,
                 crate::pull::snapshot::DATASET_FILE,
             ],
-        }]
+        }],
+        || {
+            let (m, out) = crate::app::evaluate(&eval_settings)?;
+            fresh = Some(m);
+            Ok(out)
+        }
     );
-    let metrics: Option<crate::evaluate::Metrics> =
-        std::fs::read(eval.join(crate::evaluate::METRICS_FILE))
+    let metrics_file = eval.join(crate::evaluate::METRICS_FILE);
+    // A resumed evaluate did not run: its recorded metrics.json (verified unchanged) holds
+    // the verdict.
+    let metrics: Option<crate::evaluate::Metrics> = match fresh {
+        Some(m) => Some(m),
+        None => std::fs::read(&metrics_file)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-    let verdict = metrics.as_ref().map(|m| m.verdict.clone());
-    chain.record.verdict = verdict.clone();
+            .and_then(|b| serde_json::from_slice(&b).ok()),
+    };
+    let gate_error = metrics
+        .as_ref()
+        .and_then(|m| crate::evaluate::gate_failure(m, &metrics_file));
+    if let (Some(e), Some(last)) = (&gate_error, chain.record.stages.last_mut()) {
+        if last.status == Status::Done {
+            last.exit_code = Some(e.exit_code());
+            last.note = Some(e.to_string());
+        }
+    }
+    let verdict = metrics.as_ref().map(|m| m.verdict);
+    chain.record.verdict = verdict;
     let manifest_uri = sha
         .as_ref()
         .map(|sha| format!("{}/versions/{sha}/manifest.json", store_handle.uri()));
-    let mut report_argv = vec![
-        "report".to_string(),
-        "--eval".into(),
-        s(&eval),
-        "--models".into(),
-        s(&models),
-        "--out".into(),
-        s(&eval.join("report.md")),
-    ];
-    if let (Some(sha), Some(uri)) = (&sha, &manifest_uri) {
-        report_argv.extend([
-            "--sha".into(),
-            sha.clone(),
-            "--manifest-uri".into(),
-            uri.clone(),
-        ]);
+    let mut report_args: crate::cli::report::ReportArgs = from_env("report")?;
+    report_args.eval = Some(eval.clone());
+    report_args.models = Some(models.clone());
+    report_args.out = Some(eval.join("report.md"));
+    report_args.sha = sha.clone();
+    report_args.manifest_uri = manifest_uri.clone();
+    report_args.summary = chain.gha.active();
+    let report = chain.stage("report", None, &[], || crate::app::report(&report_args))?;
+    if let Err(e) = report {
+        return Err(chain.stop("report", e));
     }
-    if chain.gha.active() {
-        report_argv.push("--summary".into());
-    }
-    let report = step!("report", report_argv, None, &[]);
     let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
     match mode {
         Mode::Pr => {
             if token.is_some() {
-                let _ = step!(
-                    "comment",
-                    ["comment", "--body", &s(&eval.join("report.md"))],
-                    None,
-                    &[]
-                );
+                let mut comment: crate::cli::github::CommentArgs = from_env("comment")?;
+                comment.body = Some(eval.join("report.md"));
+                step!("comment", None, &[], || crate::app::comment(&comment));
             } else {
                 chain.skip(
                     "comment",
@@ -487,29 +510,21 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         }
         Mode::Main | Mode::Retrain => {
             let sha = sha.clone().unwrap_or_default();
-            let _ = step!(
-                "publish",
-                [
-                    "publish",
-                    "--store",
-                    &store,
-                    "--models",
-                    &s(&models),
-                    "--eval",
-                    &s(&eval),
-                    "--sha",
-                    &sha
-                ],
-                None,
-                &[]
-            );
-            let promotable = matches!(verdict.as_deref(), Some("pass") | Some("forced"));
-            if !promotable {
+            let target = crate::cli::store::StoreArg {
+                store: Some(store.clone()),
+            };
+            let mut publish: crate::cli::store::PublishArgs = from_env("publish")?;
+            publish.store = target.clone();
+            publish.models = Some(models.clone());
+            publish.eval = Some(eval.clone());
+            publish.sha = Some(sha.clone());
+            step!("publish", None, &[], || crate::app::publish(&publish));
+            if !verdict.is_some_and(crate::evaluate::Verdict::promotable) {
                 chain.skip(
                     "promote",
                     format!(
                         "verdict {}: production unchanged",
-                        verdict.clone().unwrap_or_default()
+                        verdict.map_or("none", crate::evaluate::Verdict::as_str)
                     ),
                 )?;
                 chain.skip("dispatch", "nothing promoted".into())?;
@@ -518,22 +533,23 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
                 if current.as_deref() == Some(sha.as_str()) {
                     chain.skip("promote", format!("{sha} is already production"))?;
                 } else {
-                    let mut argv = vec!["promote", "--store", &store, "--sha", &sha];
-                    let reason = args.reason.clone().unwrap_or_default();
-                    if args.force {
-                        argv.extend(["--reason", &reason]);
-                    }
-                    let _ = step!("promote", argv, None, &[]);
+                    let mut promote: crate::cli::store::PromoteArgs = from_env("promote")?;
+                    promote.store = target.clone();
+                    promote.sha = Some(sha.clone());
+                    promote.reason = if args.force {
+                        args.reason.clone()
+                    } else {
+                        None
+                    };
+                    step!("promote", None, &[], || crate::app::promote(&promote));
                 }
                 if token.is_some()
                     && std::env::var("GITHUB_REPOSITORY").is_ok_and(|r| !r.is_empty())
                 {
-                    let _ = step!(
-                        "dispatch",
-                        ["dispatch", "--store", &store, "--sha", &sha],
-                        None,
-                        &[]
-                    );
+                    let mut dispatch: crate::cli::github::DispatchArgs = from_env("dispatch")?;
+                    dispatch.store = target.clone();
+                    dispatch.sha = Some(sha.clone());
+                    step!("dispatch", None, &[], || crate::app::dispatch(&dispatch));
                 } else {
                     chain.skip(
                         "dispatch",
@@ -547,7 +563,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     let elapsed = chain.started.elapsed().as_secs_f64();
     let report_md = std::fs::read_to_string(eval.join("report.md")).unwrap_or_default();
     let mut text = String::new();
-    if report.is_ok() && !report_md.is_empty() {
+    if !report_md.is_empty() {
         text.push_str(&report_md);
         text.push('\n');
     }
@@ -560,32 +576,13 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
             Mode::Main => "main",
             Mode::Retrain => "retrain",
         },
-        verdict.as_deref().unwrap_or("none"),
+        verdict.map_or("none", crate::evaluate::Verdict::as_str),
         sha.as_ref()
             .map(|s| format!(", version {s} in {store}"))
             .unwrap_or_default(),
         eval.join("report.md").display(),
         work.join(RUN_FILE).display()
     );
-    let gate_error = match (gate, verdict.as_deref()) {
-        (Err(e), _) => Some(e),
-        // A resumed evaluate: the recorded verdict decides.
-        (Ok(_), Some("fail")) => {
-            let failed: Vec<String> = metrics
-                .iter()
-                .flat_map(|m| m.checks.iter().filter(|c| !c.passed))
-                .map(|c| format!("{}.{}: {}", c.model, c.metric, c.reason))
-                .collect();
-            Some(Error::GateFailed {
-                message: format!(
-                    "{} (every check in {}; override with --force --reason)",
-                    failed.join(", "),
-                    eval.join(crate::evaluate::METRICS_FILE).display()
-                ),
-            })
-        }
-        (Ok(_), _) => None,
-    };
     match gate_error {
         Some(e) => {
             if !chain.quiet {

@@ -274,3 +274,78 @@ fn s3_run_resume_after_a_failed_publish_does_not_pull_or_train_again() {
     assert_eq!(st[2], ("train emshap".into(), "resumed".into()));
     assert_eq!(st[3], ("evaluate".into(), "done".into()));
 }
+
+/// The resume digest of a stage is its own resolved settings: editing `[evaluate]` in the
+/// config file, or the `EMSHAP_CI_REASON` of a forced retrain, re-runs evaluate only, never
+/// pull or train; editing `[train]` re-runs the training, not the pull.
+#[test]
+fn resume_reruns_only_the_stages_whose_own_settings_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // pr mode publishes nothing, so evaluate may run again under the same id; the forced
+    // retrain gets a version of its own.
+    let stages = |extra_env: &[(&str, &str)], config: &str| -> Vec<(String, String)> {
+        std::fs::write(d.join("emshap-ci.toml"), config).unwrap();
+        let mut env = kv(&[("EMSHAP_CI_EPOCHS", "3"), ("EMSHAP_CI_THREADS", "2")]);
+        env.extend(kv(extra_env));
+        let args: &[&str] = if extra_env.iter().any(|(k, _)| *k == "EMSHAP_CI_FORCE") {
+            &["--mode", "retrain", "--sha", "ffff6666", "--resume"]
+        } else {
+            &["--mode", "pr", "--resume"]
+        };
+        let o = chain(d, args, &env);
+        assert_eq!(o.status.code(), Some(0), "{}", log(&o));
+        let run: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("work/run.json")).unwrap()).unwrap();
+        run["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(4)
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let want = |train: &str, evaluate: &str| -> Vec<(String, String)> {
+        [
+            ("pull", "resumed"),
+            ("train power", train),
+            ("train emshap", train),
+            ("evaluate", evaluate),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+    };
+    let first = stages(&[], "[evaluate]\nattribution_rows = 8\n");
+    assert!(first.iter().all(|(_, s)| s == "done"), "{first:?}");
+    assert_eq!(
+        stages(&[], "[evaluate]\nattribution_rows = 8\n"),
+        want("resumed", "resumed")
+    );
+    assert_eq!(
+        stages(&[], "[evaluate]\nattribution_rows = 4\n"),
+        want("resumed", "done")
+    );
+    assert_eq!(
+        stages(
+            &[
+                ("EMSHAP_CI_FORCE", "true"),
+                ("EMSHAP_CI_REASON", "incident 9")
+            ],
+            "[evaluate]\nattribution_rows = 4\n"
+        ),
+        want("resumed", "done")
+    );
+    assert_eq!(
+        stages(
+            &[],
+            "[evaluate]\nattribution_rows = 4\n[train]\nbatch_size = 128\n"
+        ),
+        want("done", "done")
+    );
+}
