@@ -260,19 +260,34 @@ pub fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
     })
 }
 
-/// The GitHub client from the environment Actions sets (main.rs has masked the token).
-fn github_client() -> Result<crate::github::GitHub> {
+/// The GitHub client for `repo` (default $GITHUB_REPOSITORY), with the API URL and token
+/// from the environment Actions sets (main.rs has masked the token).
+fn github_client(repo: Option<&str>) -> Result<crate::github::GitHub> {
     let token = std::env::var("GITHUB_TOKEN").unwrap_or_default();
     let api = std::env::var("GITHUB_API_URL")
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "https://api.github.com".into());
-    let repo = std::env::var("GITHUB_REPOSITORY").map_err(|_| {
-        Error::usage(
-            "GITHUB_REPOSITORY",
-            "not set (give owner/name; GitHub Actions sets it)",
-        )
-    })?;
+    let repo = repo
+        .map(String::from)
+        .filter(|r| !r.is_empty())
+        .or_else(|| {
+            std::env::var("GITHUB_REPOSITORY")
+                .ok()
+                .filter(|r| !r.is_empty())
+        })
+        .ok_or_else(|| {
+            Error::usage(
+                "--repo",
+                "no repository: give --repo OWNER/NAME (GitHub Actions sets GITHUB_REPOSITORY)",
+            )
+        })?;
+    if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+        return Err(Error::usage(
+            "--repo",
+            format!("`{repo}` is not OWNER/NAME"),
+        ));
+    }
     crate::github::GitHub::new(&api, &repo, &token)
 }
 
@@ -300,12 +315,19 @@ pub fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
         .clone()
         .or_else(|| std::env::var("GITHUB_WORKFLOW").ok())
         .unwrap_or_else(|| "emshap-ci".into());
-    let path = args
-        .body
-        .clone()
-        .unwrap_or_else(|| "work/eval/report.md".into());
-    let body = std::fs::read_to_string(&path).map_err(|e| Error::read(&path, e))?;
-    let client = github_client()?;
+    let path = args.body.clone().unwrap_or_else(|| {
+        args.eval
+            .clone()
+            .unwrap_or_else(|| "work/eval".into())
+            .join("report.md")
+    });
+    let body = std::fs::read_to_string(&path).map_err(|e| Error::Io {
+        op: "read",
+        path: path.clone(),
+        hint: "run `emshap-ci report --eval DIR` first, which writes DIR/report.md",
+        source: e,
+    })?;
+    let client = github_client(args.repo.as_deref())?;
     let marker = crate::github::marker(&workflow);
     match client.upsert_comment(pr, &marker, &body)? {
         crate::github::CommentOutcome::Posted {
@@ -353,12 +375,10 @@ pub fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
             let production =
                 crate::store::versions::production(store.as_ref())?.map(|(p, _)| p.sha);
             if production.as_deref() != Some(sha.as_str()) {
-                return Err(Error::GateFailed {
-                    message: format!(
-                        "{sha} is not production in {} (production: {}); not dispatched",
-                        store.uri(),
-                        production.as_deref().unwrap_or("none")
-                    ),
+                return Err(Error::NotProduction {
+                    sha: sha.clone(),
+                    store: store.uri(),
+                    production: production.unwrap_or_else(|| "none".into()),
                 });
             }
             format!("{}/versions/{sha}/manifest.json", store.uri())
@@ -370,7 +390,7 @@ pub fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
             ))
         }
     };
-    let client = github_client()?;
+    let client = github_client(args.repo.as_deref())?;
     let inputs = std::collections::BTreeMap::from([
         ("sha".to_string(), sha.clone()),
         ("manifest_uri".to_string(), manifest_uri.clone()),
@@ -527,19 +547,36 @@ pub fn publish(args: &crate::cli::store::PublishArgs) -> Result<Outcome> {
 
 /// `promote`: production points at a published version whose verdict allows it.
 pub fn promote(args: &crate::cli::store::PromoteArgs) -> Result<Outcome> {
+    let reason = args.reason.clone().filter(|r| !r.trim().is_empty());
+    if args.force && reason.is_none() {
+        return Err(Error::usage(
+            "--reason",
+            "promote --force needs --reason TEXT (who and why are recorded in the pointer and the history)",
+        ));
+    }
     let store = open_store(&args.store)?;
     let sha = sha_of(args.sha.as_deref())?;
     let p = crate::store::versions::promote(
         store.as_ref(),
         &sha,
         &settings::actor(),
-        args.reason.clone(),
+        reason,
+        args.force,
     )?;
     Ok(Outcome {
         text: format!(
-            "production is now {} (was {})",
+            "production is now {} (was {}){}",
             p.sha,
-            p.previous.as_deref().unwrap_or("none")
+            p.previous.as_deref().unwrap_or("none"),
+            if p.forced {
+                format!(
+                    "; FORCED past a failed gate by {}: {}",
+                    p.by,
+                    p.reason.as_deref().unwrap_or("")
+                )
+            } else {
+                String::new()
+            }
         ),
         json: json!({"command": "promote", "ok": true, "pointer": p}),
     })

@@ -69,6 +69,14 @@ pub enum Error {
     #[error("gate failed: {message}")]
     GateFailed { message: String },
 
+    /// Only production is deployed: `dispatch` was asked for another version.
+    #[error("{sha} is not production in {store} (production: {production}); not dispatched (promote it first, or dispatch production's sha)")]
+    NotProduction {
+        sha: String,
+        store: String,
+        production: String,
+    },
+
     /// `emshap-ci-train` is missing, is another version, or died before it reported.
     #[error("trainer {}: {message}", path.display())]
     Trainer {
@@ -93,7 +101,10 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage { .. } | Error::Config { .. } | Error::Io { .. } => exit::USAGE,
+            Error::Usage { .. }
+            | Error::Config { .. }
+            | Error::Io { .. }
+            | Error::NotProduction { .. } => exit::USAGE,
             Error::Kafka { .. } | Error::Store { .. } | Error::GitHub { .. } => exit::EXTERNAL,
             Error::DataQuality { .. } => exit::DATA_QUALITY,
             Error::GateFailed { .. } => exit::GATE_FAILED,
@@ -113,6 +124,7 @@ impl Error {
             Error::GitHub { .. } => "github",
             Error::DataQuality { .. } => "data_quality",
             Error::GateFailed { .. } => "gate_failed",
+            Error::NotProduction { .. } => "not_production",
             Error::Trainer { .. } => "trainer",
             Error::Relayed { kind, .. } => kind,
             Error::Internal(_) => "internal",
@@ -122,7 +134,8 @@ impl Error {
     /// The error another emshap-ci process reported as (`kind`, exit `code`, `message`),
     /// with its kind and exit code kept.
     pub fn relayed(kind: &str, code: i32, message: String) -> Self {
-        const KINDS: [&str; 10] = [
+        const KINDS: [&str; 11] = [
+            "not_production",
             "usage",
             "config",
             "io",

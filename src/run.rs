@@ -499,7 +499,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         Mode::Pr => {
             if token.is_some() {
                 let mut comment: crate::cli::github::CommentArgs = from_env("comment")?;
-                comment.body = Some(eval.join("report.md"));
+                comment.eval = Some(eval.clone());
+                comment.body = None;
                 step!("comment", None, &[], || crate::app::comment(&comment));
             } else {
                 chain.skip(

@@ -15,9 +15,16 @@ pub struct CommentArgs {
     /// $GITHUB_WORKFLOW).
     #[arg(long, env = "EMSHAP_CI_WORKFLOW")]
     pub workflow: Option<String>,
-    /// The markdown to post (written by `report`; default work/eval/report.md).
+    /// The evaluation folder whose report.md (written by `report`) is posted (default
+    /// work/eval).
+    #[arg(long, env = "EMSHAP_CI_EVAL")]
+    pub eval: Option<PathBuf>,
+    /// A markdown file to post instead of EVAL/report.md.
     #[arg(long)]
     pub body: Option<PathBuf>,
+    /// The repository, OWNER/NAME (default $GITHUB_REPOSITORY).
+    #[arg(long, env = "EMSHAP_CI_REPO")]
+    pub repo: Option<String>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -37,4 +44,7 @@ pub struct DispatchArgs {
     pub manifest_uri: Option<String>,
     #[command(flatten)]
     pub store: crate::cli::store::StoreArg,
+    /// The repository, OWNER/NAME (default $GITHUB_REPOSITORY).
+    #[arg(long, env = "EMSHAP_CI_REPO")]
+    pub repo: Option<String>,
 }

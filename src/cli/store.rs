@@ -35,6 +35,10 @@ pub struct PromoteArgs {
     /// The version to make production (default $GITHUB_SHA).
     #[arg(long, env = "EMSHAP_CI_SHA")]
     pub sha: Option<String>,
+    /// Promote a version whose verdict is fail (an emergency; needs --reason, and who and
+    /// why are recorded in the pointer and the history).
+    #[arg(long, env = "EMSHAP_CI_FORCE")]
+    pub force: bool,
     /// Why (recorded in the pointer and the history).
     #[arg(long, env = "EMSHAP_CI_REASON")]
     pub reason: Option<String>,

@@ -39,6 +39,9 @@ pub struct Pointer {
     /// promote or rollback.
     pub action: String,
     pub previous: Option<String>,
+    /// Promoted with `--force` past a fail verdict (who and why: `by`, `reason`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
 }
 
 fn key(sha: &str, name: &str) -> String {
@@ -192,6 +195,7 @@ fn move_pointer(
     by: &str,
     reason: Option<String>,
     action: &str,
+    forced: bool,
 ) -> Result<Pointer> {
     let current = production(store)?;
     let pointer = Pointer {
@@ -202,6 +206,7 @@ fn move_pointer(
         reason,
         action: action.into(),
         previous: current.as_ref().map(|(p, _)| p.sha.clone()),
+        forced,
     };
     let mut json = serde_json::to_vec_pretty(&pointer).map_err(|e| Error::Internal(e.into()))?;
     json.push(b'\n');
@@ -226,19 +231,34 @@ fn move_pointer(
 }
 
 /// Points production at `sha`: the version must be complete and its metrics.json verdict
-/// pass or forced.
-pub fn promote(store: &dyn Store, sha: &str, by: &str, reason: Option<String>) -> Result<Pointer> {
+/// pass or forced, or, with `force` (and a reason, which the command layer requires), fail:
+/// then the pointer and the history record that it was forced, by whom and why.
+pub fn promote(
+    store: &dyn Store,
+    sha: &str,
+    by: &str,
+    reason: Option<String>,
+    force: bool,
+) -> Result<Pointer> {
     let (_, digest) = complete_version(store, sha)?;
     let verdict = store
         .get(&key(sha, "metrics.json"))?
         .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.bytes).ok())
         .and_then(|v| v["verdict"].as_str().map(String::from));
     match verdict.as_deref() {
-        Some("pass") | Some("forced") => move_pointer(store, sha, digest, by, reason, "promote"),
+        Some("pass") | Some("forced") => {
+            move_pointer(store, sha, digest, by, reason, "promote", false)
+        }
+        Some("fail") if force => move_pointer(store, sha, digest, by, reason, "promote", true),
         other => Err(Error::GateFailed {
             message: format!(
-                "version {sha} has verdict {} in its metrics.json; not promoted",
-                other.unwrap_or("(none)")
+                "version {sha} has verdict {} in its metrics.json; not promoted{}",
+                other.unwrap_or("(none)"),
+                if other == Some("fail") {
+                    " (an emergency? `promote --force --reason TEXT` promotes it and records who and why)"
+                } else {
+                    ""
+                }
             ),
         }),
     }
@@ -286,7 +306,7 @@ pub fn rollback(
         }
     };
     let (_, digest) = complete_version(store, &target)?;
-    move_pointer(store, &target, digest, by, reason, "rollback")
+    move_pointer(store, &target, digest, by, reason, "rollback", false)
 }
 
 /// Downloads a version (default: production) into `dest`: every file is verified against
@@ -388,14 +408,14 @@ mod tests {
         assert!(e.to_string().contains("write-once"), "{e}");
         assert_eq!(e.exit_code(), 3);
 
-        let p = promote(&s, "aaaa111", "ci", None).unwrap();
+        let p = promote(&s, "aaaa111", "ci", None, false).unwrap();
         assert_eq!((p.sha.as_str(), p.previous.as_deref()), ("aaaa111", None));
         publish(&s, "bbbb222", &files(b"p2", "pass")).unwrap();
-        let p = promote(&s, "bbbb222", "ci", None).unwrap();
+        let p = promote(&s, "bbbb222", "ci", None, false).unwrap();
         assert_eq!(p.previous.as_deref(), Some("aaaa111"));
 
         publish(&s, "cccc333", &files(b"p3", "fail")).unwrap();
-        let e = promote(&s, "cccc333", "ci", None).unwrap_err();
+        let e = promote(&s, "cccc333", "ci", None, false).unwrap_err();
         assert_eq!(e.exit_code(), 1, "{e}");
 
         let dest = dir.path().join("models");
@@ -452,10 +472,42 @@ mod tests {
         // An interrupted publish: files, no manifest.
         s.put("versions/dddd444/power_predictor.onnx", b"p", Cond::Always)
             .unwrap();
-        let e = promote(&s, "dddd444", "ci", None).unwrap_err();
+        let e = promote(&s, "dddd444", "ci", None, false).unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
         // The re-run completes it.
         assert!(publish(&s, "dddd444", &files(b"p", "pass")).unwrap());
-        promote(&s, "dddd444", "ci", None).unwrap();
+        promote(&s, "dddd444", "ci", None, false).unwrap();
+    }
+
+    #[test]
+    fn a_fail_verdict_is_promoted_only_with_force_and_the_pointer_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path().join("store"));
+        publish(&s, "aaaa111", &files(b"p1", "pass")).unwrap();
+        promote(&s, "aaaa111", "ci", None, false).unwrap();
+        publish(&s, "bbbb222", &files(b"p2", "fail")).unwrap();
+        let e = promote(&s, "bbbb222", "ci", None, false).unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("promote --force --reason"), "{e}");
+        assert_eq!(production(&s).unwrap().unwrap().0.sha, "aaaa111");
+
+        let p = promote(&s, "bbbb222", "oncall", Some("incident 12".into()), true).unwrap();
+        assert!(p.forced);
+        let (stored, _) = production(&s).unwrap().unwrap();
+        assert_eq!(
+            (stored.sha.as_str(), stored.forced, stored.by.as_str()),
+            ("bbbb222", true, "oncall")
+        );
+        assert_eq!(stored.reason.as_deref(), Some("incident 12"));
+        let history = s.list("history/").unwrap();
+        let last = s.get(history.iter().max().unwrap()).unwrap().unwrap();
+        let h: serde_json::Value = serde_json::from_slice(&last.bytes).unwrap();
+        assert_eq!(
+            (h["forced"].as_bool(), h["reason"].as_str()),
+            (Some(true), Some("incident 12"))
+        );
+        // A version without metrics is never promoted, forced or not.
+        publish(&s, "cccc333", &files(b"p3", "pass")[..2]).unwrap();
+        assert!(promote(&s, "cccc333", "oncall", Some("x".into()), true).is_err());
     }
 }

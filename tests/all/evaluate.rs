@@ -350,3 +350,64 @@ fn evaluate_without_models_or_with_a_bad_gate_file_is_a_usage_error() {
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("gate.toml"), "{}", stderr(&o));
 }
+
+#[test]
+fn promote_force_takes_a_failed_version_to_production_only_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_exit(&run(d, &["pull", "--out", "data", "-q"]), 0);
+    // One epoch of the fake trainer: below the default gate's r² ≥ 0.9.
+    for model in ["power", "emshap"] {
+        assert_exit(&train_model(d, model, "models", &["--epochs", "1"]), 0);
+    }
+    assert_exit(&evaluate(d, &["--models", "models", "--out", "eval"]), 1);
+    let store = ["--store", "store"];
+    let cmd = |args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&store);
+        run(d, &v)
+    };
+    let publish = [
+        "publish", "--models", "models", "--eval", "eval", "--sha", "abcd123",
+    ];
+    assert_exit(&cmd(&publish), 0);
+    let o = cmd(&["promote", "--sha", "abcd123"]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("promote --force --reason"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cmd(&["promote", "--sha", "abcd123", "--force"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("--reason"), "{}", stderr(&o));
+    assert!(!d.join("store/production.json").exists());
+    let o = run_env(
+        d,
+        &[
+            "promote",
+            "--sha",
+            "abcd123",
+            "--force",
+            "--reason",
+            "incident 12",
+            "--store",
+            "store",
+        ],
+        "GITHUB_ACTOR",
+        "oncall",
+    );
+    assert_exit(&o, 0);
+    assert!(
+        stdout(&o).contains("FORCED past a failed gate by oncall: incident 12"),
+        "{}",
+        stdout(&o)
+    );
+    let p = json_file(&d.join("store/production.json"));
+    assert_eq!(
+        (p["sha"].as_str(), p["forced"].as_bool()),
+        (Some("abcd123"), Some(true)),
+        "{p}"
+    );
+    assert_eq!(p["reason"], "incident 12");
+}

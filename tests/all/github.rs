@@ -470,11 +470,12 @@ fn github_dispatch_from_the_store_only_deploys_production() {
         ];
         versions::publish(&store, sha, &files).unwrap();
     }
-    versions::promote(&store, "aaaa111", "ci", None).unwrap();
+    versions::promote(&store, "aaaa111", "ci", None, false).unwrap();
     let args = |sha: &'static str| vec!["dispatch", "--store", "store", "--sha", sha];
-    // Published but not production: refused, and GitHub is not asked.
+    // Published but not production: refused (its own error, exit 2: not a gate verdict),
+    // and GitHub is not asked.
     let o = gh(&stand, d, &args("bbbb222"));
-    assert_exit(&o, 1);
+    assert_exit(&o, 2);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("bbbb222 is not production") && err.contains("aaaa111"),
@@ -492,4 +493,51 @@ fn github_dispatch_from_the_store_only_deploys_production() {
         uri.starts_with("file:///") && uri.ends_with("/store/versions/aaaa111/manifest.json"),
         "{uri}"
     );
+}
+
+#[test]
+fn github_comment_takes_the_eval_folder_and_another_repository() {
+    let stand = Stand::github(200);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("eval")).unwrap();
+    std::fs::write(d.join("eval/report.md"), "## from eval\n").unwrap();
+    // --repo wins over $GITHUB_REPOSITORY (here another repository).
+    let comment = |args: &[&str]| {
+        bin()
+            .args(["comment", "--pr", "7"])
+            .args(args)
+            .env("GITHUB_API_URL", &stand.url)
+            .env("GITHUB_REPOSITORY", "someone/else")
+            .env("GITHUB_TOKEN", TOKEN)
+            .current_dir(d)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = comment(&["--eval", "eval", "--repo", "acme/power"]);
+    assert_exit(&o, 0);
+    let posts: Vec<String> = stand
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(posts, ["/repos/acme/power/issues/7/comments"]);
+    assert!(stand.comments()[0]["body"]
+        .as_str()
+        .unwrap()
+        .contains("## from eval"));
+    // A folder without report.md says what writes it; a bad --repo is a usage error.
+    let o = comment(&["--eval", "nowhere", "--repo", "acme/power"]);
+    assert_exit(&o, 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nowhere/report.md") && err.contains("emshap-ci report"),
+        "{err}"
+    );
+    let o = comment(&["--eval", "eval", "--repo", "models"]);
+    assert_exit(&o, 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`models` is not OWNER/NAME"));
+    assert_eq!(stand.comments().len(), 1);
 }

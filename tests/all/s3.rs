@@ -292,7 +292,10 @@ fn s3_two_concurrent_promotions_exactly_one_wins() {
                             barrier: &barrier,
                         };
                         scope.spawn(move || {
-                            (sha.to_string(), versions::promote(&s, sha, "ci", None))
+                            (
+                                sha.to_string(),
+                                versions::promote(&s, sha, "ci", None, false),
+                            )
                         })
                     })
                     .collect();
