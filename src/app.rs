@@ -234,7 +234,7 @@ pub fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
     let sha = args
         .sha
         .clone()
-        .or_else(|| std::env::var("GITHUB_SHA").ok().filter(|s| !s.is_empty()));
+        .or_else(|| crate::facts::GitHubFacts::from_env().sha);
     let input = crate::report::Input {
         metrics: Some(&metrics),
         dataset: dataset.as_ref(),
@@ -263,19 +263,13 @@ pub fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
 /// The GitHub client for `repo` (default $GITHUB_REPOSITORY), with the API URL and token
 /// from the environment Actions sets (main.rs has masked the token).
 fn github_client(repo: Option<&str>) -> Result<crate::github::GitHub> {
-    let token = std::env::var("GITHUB_TOKEN").unwrap_or_default();
-    let api = std::env::var("GITHUB_API_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "https://api.github.com".into());
+    let facts = crate::facts::GitHubFacts::from_env();
+    let token = facts.token.clone().unwrap_or_default();
+    let api = facts.api_url.clone();
     let repo = repo
         .map(String::from)
         .filter(|r| !r.is_empty())
-        .or_else(|| {
-            std::env::var("GITHUB_REPOSITORY")
-                .ok()
-                .filter(|r| !r.is_empty())
-        })
+        .or(facts.repository)
         .ok_or_else(|| {
             Error::usage(
                 "--repo",
@@ -294,26 +288,17 @@ fn github_client(repo: Option<&str>) -> Result<crate::github::GitHub> {
 /// `comment`: the report as the PR's one emshap-ci comment.
 pub fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
     let gha = crate::gha::Actions::from_env();
-    let pr = match args.pr {
-        Some(n) => n,
-        None => std::env::var("GITHUB_REF")
-            .ok()
-            .and_then(|r| {
-                r.strip_prefix("refs/pull/")
-                    .and_then(|r| r.split('/').next())
-                    .and_then(|n| n.parse().ok())
-            })
-            .ok_or_else(|| {
-                Error::usage(
-                    "--pr",
-                    "give the pull request number (GITHUB_REF is not refs/pull/N/merge)",
-                )
-            })?,
-    };
+    let facts = crate::facts::GitHubFacts::from_env();
+    let pr = args.pr.or(facts.pr).ok_or_else(|| {
+        Error::usage(
+            "--pr",
+            "give the pull request number (GITHUB_REF is not refs/pull/N/merge)",
+        )
+    })?;
     let workflow = args
         .workflow
         .clone()
-        .or_else(|| std::env::var("GITHUB_WORKFLOW").ok())
+        .or(facts.workflow)
         .unwrap_or_else(|| "emshap-ci".into());
     let path = args.body.clone().unwrap_or_else(|| {
         args.eval
@@ -413,7 +398,7 @@ fn open_store(arg: &crate::cli::store::StoreArg) -> Result<Box<dyn crate::store:
 fn sha_of(flag: Option<&str>) -> Result<String> {
     let sha = flag
         .map(String::from)
-        .or_else(|| std::env::var("GITHUB_SHA").ok().filter(|s| !s.is_empty()))
+        .or_else(|| crate::facts::GitHubFacts::from_env().sha)
         .ok_or_else(|| {
             Error::usage(
                 "--sha",

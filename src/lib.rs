@@ -7,6 +7,7 @@ pub mod cli;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
+pub mod facts;
 pub mod framing;
 pub mod fsutil;
 pub mod gate;

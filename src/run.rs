@@ -296,9 +296,8 @@ fn from_env<A: clap::Args + clap::FromArgMatches>(name: &'static str) -> Result<
 
 /// The version id when none is given: $GITHUB_SHA, else (local runs) `local` + UTC time.
 fn default_sha() -> String {
-    std::env::var("GITHUB_SHA")
-        .ok()
-        .filter(|s| !s.is_empty())
+    crate::facts::GitHubFacts::from_env()
+        .sha
         .unwrap_or_else(|| {
             // 2026-11-23T16:05:01Z → local20261123160501
             let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -494,7 +493,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     if let Err(e) = report {
         return Err(chain.stop("report", e));
     }
-    let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
+    let facts = crate::facts::GitHubFacts::from_env();
+    let token = facts.token.clone();
     match mode {
         Mode::Pr => {
             if token.is_some() {
@@ -544,9 +544,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
                     };
                     step!("promote", None, &[], || crate::app::promote(&promote));
                 }
-                if token.is_some()
-                    && std::env::var("GITHUB_REPOSITORY").is_ok_and(|r| !r.is_empty())
-                {
+                if token.is_some() && facts.repository.is_some() {
                     let mut dispatch: crate::cli::github::DispatchArgs = from_env("dispatch")?;
                     dispatch.store = target.clone();
                     dispatch.sha = Some(sha.clone());

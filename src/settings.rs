@@ -419,7 +419,7 @@ fn resolve_common(
     let sha = args
         .sha
         .clone()
-        .or_else(|| std::env::var("GITHUB_SHA").ok().filter(|s| !s.is_empty()))
+        .or_else(|| crate::facts::GitHubFacts::from_env().sha)
         .unwrap_or_else(|| "local".to_string());
     Ok(TrainSettings {
         data: args
@@ -621,10 +621,7 @@ fn non_negative(name: &str, v: f64) -> Result<f64> {
 
 /// Who runs this, for records of promotions and forced passes: $GITHUB_ACTOR, else $USER.
 pub fn actor() -> String {
-    ["GITHUB_ACTOR", "USER"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+    crate::facts::GitHubFacts::from_env().actor()
 }
 
 /// The gate rules: the defaults, with each metric the file names replaced by its rule.

@@ -13,7 +13,7 @@ pub struct ExplainArgs {
     /// Rows to explain, in raw units: .csv (with a header), .json (an array of objects) or
     /// .parquet, columns named like the model's features; a snapshot split from `pull` works
     /// too (its standardised values are converted back).
-    #[arg(long, env = "EMSHAP_CI_ROWS")]
+    #[arg(long, env = "EMSHAP_CI_EXPLAIN_ROWS")]
     pub rows: PathBuf,
 
     /// Explain only the first N rows.

@@ -7,7 +7,7 @@ use clap::Args;
 #[derive(Debug, Args, Default)]
 pub struct GenerateArgs {
     /// Number of records to write (default 100000).
-    #[arg(long, env = "EMSHAP_CI_ROWS")]
+    #[arg(long, env = "EMSHAP_CI_GENERATE_ROWS")]
     pub rows: Option<u64>,
 
     /// Number of distinct nodes (default 64).
@@ -15,7 +15,7 @@ pub struct GenerateArgs {
     pub nodes: Option<u32>,
 
     /// Random seed; the same seed gives the same bytes (default 7).
-    #[arg(long, env = "EMSHAP_CI_SEED")]
+    #[arg(long, env = "EMSHAP_CI_GENERATE_SEED")]
     pub seed: Option<u64>,
 
     /// Share of records made bad, spread evenly over --bad-kinds (default 0).

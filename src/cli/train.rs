@@ -36,7 +36,7 @@ pub struct CommonTrainArgs {
     pub epochs: Option<usize>,
 
     /// Seed of every random choice (initial weights, batches, masks, samples).
-    #[arg(long, env = "EMSHAP_CI_SEED")]
+    #[arg(long, env = "EMSHAP_CI_TRAIN_SEED")]
     pub seed: Option<u64>,
 
     /// Where to train.
@@ -95,7 +95,7 @@ pub struct TrainEmshapArgs {
     pub common: CommonTrainArgs,
 
     /// Proposal samples K per unobserved feature (default 20).
-    #[arg(long, env = "EMSHAP_CI_PROPOSALS")]
+    #[arg(long, env = "EMSHAP_CI_TRAIN_PROPOSALS")]
     pub proposals: Option<usize>,
 
     /// Gaussian components M of the proposal mixture (default 10).

@@ -201,3 +201,86 @@ fn embedded_fixture_regenerates_from_its_documented_command() {
         "fixtures/telemetry.pb is stale: regenerate it with the README's command"
     );
 }
+
+/// Every `EMSHAP_CI_*` variable the code reads is in the README's list, and no variable is
+/// read for two different settings (DESIGN §12: one variable never means two things).
+#[test]
+fn every_environment_variable_is_documented_and_means_one_thing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut sources = Vec::new();
+    let mut stack = vec![root.join("src"), root.join("crates/emshap-train/src")];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                sources.push((p.clone(), std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    let mut found = 0;
+    for (path, text) in &sources {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("\"EMSHAP_CI_") {
+            let name: String = rest[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[i + 1 + name.len()..];
+            if name.ends_with('_') {
+                continue; // a prefix, as in starts_with("EMSHAP_CI_")
+            }
+            found += 1;
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "{name} (read in {}) is not in README.md's list of variables",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        found > 50,
+        "found only {found} variables: the scan is broken"
+    );
+    // A variable read by several flags must mean one setting: only these are shared (the
+    // folders one stage writes and the next reads, and settings that mean the same in every
+    // command that has them). Any other variable declared twice is a collision.
+    const SHARED: [&str; 12] = [
+        "EMSHAP_CI_DATA",
+        "EMSHAP_CI_MODELS",
+        "EMSHAP_CI_EVAL",
+        "EMSHAP_CI_THREADS",
+        "EMSHAP_CI_SHA",
+        "EMSHAP_CI_STORE",
+        "EMSHAP_CI_FORCE",
+        "EMSHAP_CI_REASON",
+        "EMSHAP_CI_BROKERS",
+        "EMSHAP_CI_KAFKA_TIMEOUT",
+        "EMSHAP_CI_MANIFEST_URI",
+        "EMSHAP_CI_REPO",
+    ];
+    let mut declared = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (path, text) in &sources {
+        for (i, _) in text.match_indices("env = \"EMSHAP_CI_") {
+            let name: String = text[i + 7..].chars().take_while(|c| *c != '"').collect();
+            let after = &text[i..];
+            let field: String = after
+                .find("pub ")
+                .map(|j| after[j + 4..].chars().take_while(|c| *c != ':').collect())
+                .unwrap_or_default();
+            declared.entry(name).or_default().push(format!(
+                "{} --{field}",
+                path.file_name().unwrap().to_string_lossy()
+            ));
+        }
+    }
+    assert!(declared.len() > 50, "{declared:?}");
+    for (name, sites) in &declared {
+        assert!(
+            sites.len() == 1 || SHARED.contains(&name.as_str()),
+            "{name} is read by {sites:?}: one variable, two meanings (use EMSHAP_CI_<COMMAND>_<NAME>)"
+        );
+    }
+}
