@@ -74,7 +74,8 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Upload the version under the commit sha: models, metrics, dataset, manifest last.
     Publish(store::PublishArgs),
-    /// Point production at a published version whose verdict is pass or forced.
+    /// Point production at a published version whose verdict is pass or forced (or, with
+    /// --force --reason, fail: an emergency, recorded as forced).
     Promote(store::PromoteArgs),
     /// Point production back at an earlier complete version.
     Rollback(store::RollbackArgs),
@@ -91,4 +92,26 @@ pub enum Command {
     /// The whole chain for a mode: pr (pull → train → evaluate → report → comment), main
     /// (… → publish → promote on pass → dispatch) or retrain; --resume skips what is done.
     Run(run::RunArgs),
+}
+
+impl Command {
+    /// The command's words, as typed ("train power"): for log groups and annotations.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Generate(_) => "generate",
+            Command::Pull(_) => "pull",
+            Command::Train(train::TrainCommand::Power(_)) => "train power",
+            Command::Train(train::TrainCommand::Emshap(_)) => "train emshap",
+            Command::Evaluate(_) => "evaluate",
+            Command::Explain(_) => "explain",
+            Command::Publish(_) => "publish",
+            Command::Promote(_) => "promote",
+            Command::Rollback(_) => "rollback",
+            Command::Fetch(_) => "fetch",
+            Command::Report(_) => "report",
+            Command::Comment(_) => "comment",
+            Command::Dispatch(_) => "dispatch",
+            Command::Run(_) => "run",
+        }
+    }
 }

@@ -37,6 +37,17 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An output could not be written because of the machine's state (full disk, permissions,
+    /// read-only file system), not because of a flag.
+    #[error("cannot write {}: {problem} ({source}; {hint})", path.display())]
+    Output {
+        path: PathBuf,
+        problem: &'static str,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Kafka could not be reached or refused what was asked.
     #[error("kafka at {brokers}: {message} ({hint})")]
     Kafka {
@@ -105,7 +116,10 @@ impl Error {
             | Error::Config { .. }
             | Error::Io { .. }
             | Error::NotProduction { .. } => exit::USAGE,
-            Error::Kafka { .. } | Error::Store { .. } | Error::GitHub { .. } => exit::EXTERNAL,
+            Error::Kafka { .. }
+            | Error::Store { .. }
+            | Error::GitHub { .. }
+            | Error::Output { .. } => exit::EXTERNAL,
             Error::DataQuality { .. } => exit::DATA_QUALITY,
             Error::GateFailed { .. } => exit::GATE_FAILED,
             Error::Trainer { code, .. } | Error::Relayed { code, .. } => *code,
@@ -119,6 +133,7 @@ impl Error {
             Error::Usage { .. } => "usage",
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
+            Error::Output { .. } => "output",
             Error::Kafka { .. } => "kafka",
             Error::Store { .. } => "store",
             Error::GitHub { .. } => "github",
@@ -134,8 +149,9 @@ impl Error {
     /// The error another emshap-ci process reported as (`kind`, exit `code`, `message`),
     /// with its kind and exit code kept.
     pub fn relayed(kind: &str, code: i32, message: String) -> Self {
-        const KINDS: [&str; 11] = [
+        const KINDS: [&str; 12] = [
             "not_production",
+            "output",
             "usage",
             "config",
             "io",
@@ -181,12 +197,38 @@ impl Error {
         }
     }
 
+    /// Writing one of the tool's own outputs failed. A full disk, a permission problem or a
+    /// read-only file system is the machine's state, not a bad flag: exit 3, saying which.
     pub fn write(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            op: "write",
-            path: path.to_path_buf(),
-            hint: "check that the folder exists, is writable and has space",
-            source,
+        use std::io::ErrorKind as K;
+        let problem = match source.kind() {
+            K::StorageFull | K::QuotaExceeded => Some((
+                "the disk is full",
+                "free space there, or write elsewhere (--out, --work)",
+            )),
+            K::PermissionDenied => Some((
+                "permission denied",
+                "make the folder writable by this user, or write elsewhere (--out, --work)",
+            )),
+            K::ReadOnlyFilesystem => Some((
+                "the file system is read-only",
+                "write to a writable folder (--out, --work; in a container, a mounted volume)",
+            )),
+            _ => None,
+        };
+        match problem {
+            Some((problem, hint)) => Error::Output {
+                path: path.to_path_buf(),
+                problem,
+                hint,
+                source,
+            },
+            None => Error::Io {
+                op: "write",
+                path: path.to_path_buf(),
+                hint: "check that the folder exists, is writable and has space",
+                source,
+            },
         }
     }
 }
@@ -220,5 +262,17 @@ mod tests {
             message: "power.rmse".into(),
         };
         assert_eq!(gate.exit_code(), 1);
+        let p = Path::new("/out/metrics.json");
+        for (kind, says) in [
+            (std::io::ErrorKind::StorageFull, "the disk is full"),
+            (std::io::ErrorKind::PermissionDenied, "permission denied"),
+            (std::io::ErrorKind::ReadOnlyFilesystem, "read-only"),
+        ] {
+            let e = Error::write(p, std::io::Error::from(kind));
+            assert_eq!(e.exit_code(), 3, "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let e = Error::write(p, std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(e.exit_code(), 2, "{e}");
     }
 }

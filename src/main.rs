@@ -17,13 +17,8 @@ fn main() {
             gha.mask(&v);
         }
     }
-    // The command's words ("train power"), not its flags or values.
-    let name = std::env::args()
-        .skip(1)
-        .take_while(|a| !a.starts_with('-'))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+    // The command's words ("train power"), from the parsed command, never its flags or values.
+    let name = cli.command.name();
     // `run` opens a group per stage itself (groups do not nest).
     let result = if matches!(cli.command, emshap_ci::cli::Command::Run(_)) {
         app::run(&cli)

@@ -212,6 +212,26 @@ impl S3Store {
         R: std::fmt::Debug + HttpStatus + 'static,
     {
         let what = format!("{op} {key}");
+        // No credentials anywhere in the chain: the SDK reports it as a dispatch failure
+        // (after trying instance metadata), which is not a connection problem.
+        let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        let mut no_credentials = false;
+        while let Some(e) = chain {
+            let text = e.to_string().to_lowercase();
+            no_credentials |= text.contains("credential") && !text.contains("refused");
+            chain = e.source();
+        }
+        if no_credentials
+            && matches!(
+                err,
+                SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+            )
+        {
+            return self.store_error(
+                format!("{what}: no AWS credentials were found"),
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the action's s3 inputs), or AWS_PROFILE with ~/.aws/credentials, or a web identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN), or run where instance or container metadata gives a role; `-v` shows where the SDK looked",
+            );
+        }
         match &err {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 let cause = std::error::Error::source(&err)

@@ -284,3 +284,19 @@ fn every_environment_variable_is_documented_and_means_one_thing() {
         );
     }
 }
+
+/// In Actions, the log group is named from the parsed command, whatever flags come first.
+#[test]
+fn the_log_group_is_named_from_the_command_not_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["-q", "pull", "--out", "data"])
+        .env("GITHUB_ACTIONS", "true")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("::group::emshap-ci pull\n"), "{out}");
+    assert!(!out.contains("::group::emshap-ci \n"), "{out}");
+}

@@ -10,7 +10,7 @@ use emshap_ci::store::versions::{self, Manifest};
 use emshap_ci::store::{Cond, Object, Put, Store};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{assert_exit, free_port, Creds, CuttingProxy, S3Server};
+use crate::harness::{assert_exit, bin, free_port, Creds, CuttingProxy, S3Server};
 
 const FILES: [(&str, &str); 5] = [
     ("models", "power_predictor.onnx"),
@@ -487,4 +487,30 @@ fn s3_large_objects_go_up_in_parts_and_conditional_puts_of_them_hold() {
         Put::Written { .. }
     ));
     assert_eq!(store.head("big.bin").unwrap(), Some(size as u64 - 1));
+}
+
+/// A new user's first try: an s3:// store and no AWS credentials anywhere. One line that
+/// says no credentials were found and where they are looked for; none of the SDK's own
+/// (multi-line) warnings unless -v.
+#[test]
+fn s3_no_credentials_at_all_says_so_in_one_line() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["fetch", "--store", &s3.uri("nocreds"), "--dest", "live"])
+        .env("AWS_ENDPOINT_URL", &s3.endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert!(err.contains("no AWS credentials were found"), "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID") && err.contains("AWS_PROFILE"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot reach the endpoint"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!tmp.path().join("live").exists());
 }
