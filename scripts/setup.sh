@@ -26,6 +26,7 @@ CUDA_RUNTIME="nvidia-cuda-runtime==13.0.96.*"
 CUDA_CUPTI="nvidia-cuda-cupti==13.0.85.*"
 ORT_VERSION=1.31.1
 TANSU_VERSION=0.6.0
+DENY_VERSION=0.20.2           # cargo-deny: licences, bans and sources of the dependency graph
 MOTO_VERSION=5.2.5
 ZIZMOR_VERSION=1.32.0
 ACT_VERSION=0.2.89
@@ -114,6 +115,15 @@ if [ "$with_test" = 1 ] && [ ! -x "$tansu" ]; then
   rm -rf "$cache/tansu-build"
 fi
 
+# --- cargo-deny (licence and source checks of the dependency graph) ---------------------
+deny="$cache/cargo-deny-$DENY_VERSION/bin/cargo-deny"
+if [ "$with_test" = 1 ] && [ ! -x "$deny" ]; then
+  say "building cargo-deny $DENY_VERSION from crates.io (once; about 3 minutes)"
+  cargo install cargo-deny --version "$DENY_VERSION" --locked \
+    --root "$cache/cargo-deny-$DENY_VERSION" --target-dir "$cache/cargo-deny-build" >&2
+  rm -rf "$cache/cargo-deny-build"
+fi
+
 # --- moto (test S3 server) ----------------------------------------------------------
 moto_venv="$cache/test-tools-moto$MOTO_VERSION-zizmor$ZIZMOR_VERSION-act$ACT_VERSION-py311"
 if [ "$with_test" = 1 ] && [ ! -f "$moto_venv/.complete" ]; then
@@ -136,6 +146,7 @@ export LIBTORCH_CXX11_ABI=1
 export ORT_DYLIB_PATH="$ort_lib"
 export EMSHAP_CI_PYTHON="$venv/bin/python"
 export EMSHAP_CI_TANSU="$tansu"
+export EMSHAP_CI_CARGO_DENY="$deny"
 export EMSHAP_CI_MOTO_PYTHON="$moto_venv/bin/python"
 export EMSHAP_CI_ZIZMOR="$moto_venv/bin/zizmor"
 export EMSHAP_CI_ACT="$moto_venv/bin/act"

@@ -19,6 +19,9 @@ source "$env_file"
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 cargo fmt --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# Licences we name, crates.io only (deny.toml); the advisory database would need the network.
+"$EMSHAP_CI_CARGO_DENY" check licenses bans sources
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked --quiet
 filter=()
 [ "$fast" = 1 ] && filter=(-E 'not test(/kafka|s3_/)')
 cargo nextest run --workspace --all-features --locked --no-fail-fast "${filter[@]}"

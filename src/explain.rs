@@ -40,7 +40,7 @@ pub trait ValueFunction {
     /// S, i.e. observed).
     fn values(&mut self, x: &[f32], masks: &[f32]) -> Result<Vec<f64>>;
     /// After `values`: the same values from G independent groups of its Monte Carlo draws
-    /// ([G][coalitions]; their mean is what `values` returned), for standard errors that
+    /// (`[G][coalitions]`; their mean is what `values` returned), for standard errors that
     /// include the value function's own noise. None for an exact value function.
     fn group_values(&self) -> Option<&[Vec<f64>]> {
         None
@@ -1021,8 +1021,8 @@ pub fn explain(s: &ExplainSettings, progress: &crate::progress::Progress) -> Res
     Ok(a)
 }
 
-/// One line per row: row, f_x, base_value, efficiency_gap, phi_<feature>… (and
-/// stderr_<feature>… for KernelSHAP).
+/// One line per row: row, f_x, base_value, efficiency_gap, `phi_<feature>`… (and
+/// `stderr_<feature>`… for KernelSHAP).
 pub fn to_csv(a: &Attributions) -> String {
     let kernel = a.rows.iter().any(|r| r.stderr.is_some());
     let mut head = vec![

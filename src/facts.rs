@@ -20,7 +20,7 @@ pub struct GitHubFacts {
     pub actor: Option<String>,
     /// `GITHUB_TOKEN` (masked by main before anything is printed; never in Debug).
     pub token: Option<String>,
-    /// `GITHUB_API_URL`, default https://api.github.com.
+    /// `GITHUB_API_URL`, default `https://api.github.com`.
     pub api_url: String,
 }
 

@@ -63,7 +63,7 @@ pub fn marker(workflow: &str) -> String {
 }
 
 impl GitHub {
-    /// `api` is `GITHUB_API_URL` (https://api.github.com on github.com), `repository` is
+    /// `api` is `GITHUB_API_URL` (`https://api.github.com` on github.com), `repository` is
     /// `owner/name` (`GITHUB_REPOSITORY`).
     pub fn new(api: &str, repository: &str, token: &str) -> Result<Self> {
         let (owner, repo) = repository
