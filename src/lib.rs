@@ -29,6 +29,7 @@ pub mod run;
 pub mod schema;
 pub mod settings;
 pub mod store;
+pub mod terminal;
 pub mod train;
 pub mod trainer;
 

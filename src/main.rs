@@ -33,7 +33,17 @@ fn main() {
             if json {
                 println!("{}", out.json);
             } else if cli.global.quiet < 2 {
-                println!("{}", out.text);
+                // A person at a terminal gets the report as text; pipes and files the
+                // markdown (report.md, the comment and the job summary always are).
+                let markdown = matches!(
+                    cli.command,
+                    emshap_ci::cli::Command::Report(_) | emshap_ci::cli::Command::Run(_)
+                );
+                if markdown && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    println!("{}", emshap_ci::terminal::render(&out.text));
+                } else {
+                    println!("{}", out.text);
+                }
             }
             exit::OK
         }

@@ -585,7 +585,11 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     match gate_error {
         Some(e) => {
             if !chain.quiet {
-                println!("{text}");
+                if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    println!("{}", crate::terminal::render(&text));
+                } else {
+                    println!("{text}");
+                }
             }
             Err(e)
         }
