@@ -117,9 +117,9 @@ fn table(lines: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for (k, r) in rows.iter().enumerate() {
         let mut line = String::new();
-        for j in 0..n {
+        for (j, w) in width.iter().enumerate() {
             let c = r.get(j).map_or("", String::as_str);
-            let pad = width[j] - c.chars().count();
+            let pad = w - c.chars().count();
             if j > 0 {
                 line.push_str("  ");
             }
