@@ -50,24 +50,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
         Command::Pull(args) => pull(&settings::resolve_pull(args, &config)?, quiet),
         Command::Run(args) => crate::run::run(&cli.global, args),
         Command::Explain(args) => {
-            let s = crate::explain::ExplainSettings {
-                models: args.models.clone().unwrap_or_else(|| "work/models".into()),
-                rows: args.rows.clone(),
-                out: args.out.clone(),
-                exact: args.exact,
-                samples: args.samples,
-                limit: args.limit,
-                proposals: args.proposals.unwrap_or(crate::evaluate::PROPOSALS),
-                value: crate::explain::ValueChoice {
-                    kind: args.value_function,
-                    draws: args.draws.unwrap_or(0),
-                },
-                seed: args.seed.unwrap_or(7),
-                threads: args.threads.unwrap_or_else(settings::default_threads),
-            };
-            if s.proposals == 0 {
-                return Err(Error::usage("--proposals", "must be at least 1"));
-            }
+            let s = settings::resolve_explain(args, &config)?;
             let progress = Progress::new("explain", quiet);
             let a = crate::explain::explain(&s, &progress)?;
             let gap = a.rows.iter().map(|r| r.efficiency_gap).fold(0.0, f64::max);
@@ -95,10 +78,10 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "explain", "ok": true, "rows": a.rows.len(), "method": a.method, "seconds": a.seconds, "efficiency_gap": gap, "out": s.out}),
             })
         }
-        Command::Publish(args) => publish(args),
-        Command::Promote(args) => promote(args),
+        Command::Publish(args) => publish(args, &config),
+        Command::Promote(args) => promote(args, &config),
         Command::Rollback(args) => {
-            let store = open_store(&args.store)?;
+            let store = open_store(&args.store, &config)?;
             let p = crate::store::versions::rollback(
                 store.as_ref(),
                 args.to.as_deref(),
@@ -116,7 +99,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
             })
         }
         Command::Fetch(args) => {
-            let store = open_store(&args.store)?;
+            let store = open_store(&args.store, &config)?;
             let m = crate::store::versions::fetch(store.as_ref(), args.sha.as_deref(), &args.dest)?;
             Ok(Outcome {
                 text: format!(
@@ -128,9 +111,9 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
                 json: json!({"command": "fetch", "ok": true, "sha": m.sha, "files": m.files}),
             })
         }
-        Command::Report(args) => report(args),
-        Command::Comment(args) => comment(args),
-        Command::Dispatch(args) => dispatch(args),
+        Command::Report(args) => report(args, &config),
+        Command::Comment(args) => comment(args, &config),
+        Command::Dispatch(args) => dispatch(args, &config),
         Command::Evaluate(args) => {
             let s = settings::resolve_evaluate(args, &config)?;
             let (m, out) = evaluate(&s)?;
@@ -210,10 +193,18 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, from: &str)
 }
 
 /// `report`: the evaluation as markdown (report.md, and the job summary in Actions).
-pub fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
+pub fn report(args: &crate::cli::report::ReportArgs, config: &ConfigFile) -> Result<Outcome> {
     use crate::cli::report::Limit;
-    let eval = args.eval.clone().unwrap_or_else(|| "work/eval".into());
-    let models = args.models.clone().unwrap_or_else(|| "work/models".into());
+    let eval = args
+        .eval
+        .clone()
+        .or_else(|| config.evaluate.out.clone())
+        .unwrap_or_else(|| "work/eval".into());
+    let models = args
+        .models
+        .clone()
+        .or_else(|| config.train.out.clone())
+        .unwrap_or_else(|| "work/models".into());
     let metrics: crate::evaluate::Metrics = read_json(
         &eval.join(crate::evaluate::METRICS_FILE),
         "metrics.json (evaluate)",
@@ -244,6 +235,19 @@ pub fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
         marker: None,
     };
     let limit = match args.limit {
+        Some(l) => l,
+        None => match config.report.limit.as_deref() {
+            None | Some("comment") => Limit::Comment,
+            Some("summary") => Limit::Summary,
+            Some(other) => {
+                return Err(Error::usage(
+                    "[report] limit",
+                    format!("`{other}` (use comment or summary)"),
+                ))
+            }
+        },
+    };
+    let limit = match limit {
         Limit::Comment => crate::report::COMMENT_LIMIT,
         Limit::Summary => crate::report::SUMMARY_LIMIT,
     };
@@ -262,13 +266,14 @@ pub fn report(args: &crate::cli::report::ReportArgs) -> Result<Outcome> {
 
 /// The GitHub client for `repo` (default $GITHUB_REPOSITORY), with the API URL and token
 /// from the environment Actions sets (main.rs has masked the token).
-fn github_client(repo: Option<&str>) -> Result<crate::github::GitHub> {
+fn github_client(repo: Option<&str>, config: &ConfigFile) -> Result<crate::github::GitHub> {
     let facts = crate::facts::GitHubFacts::from_env();
     let token = facts.token.clone().unwrap_or_default();
     let api = facts.api_url.clone();
     let repo = repo
         .map(String::from)
         .filter(|r| !r.is_empty())
+        .or_else(|| config.github.repository.clone())
         .or(facts.repository)
         .ok_or_else(|| {
             Error::usage(
@@ -286,7 +291,7 @@ fn github_client(repo: Option<&str>) -> Result<crate::github::GitHub> {
 }
 
 /// `comment`: the report as the PR's one emshap-ci comment.
-pub fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
+pub fn comment(args: &crate::cli::github::CommentArgs, config: &ConfigFile) -> Result<Outcome> {
     let gha = crate::gha::Actions::from_env();
     let facts = crate::facts::GitHubFacts::from_env();
     let pr = args.pr.or(facts.pr).ok_or_else(|| {
@@ -298,11 +303,13 @@ pub fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
     let workflow = args
         .workflow
         .clone()
+        .or_else(|| config.github.workflow.clone())
         .or(facts.workflow)
         .unwrap_or_else(|| "emshap-ci".into());
     let path = args.body.clone().unwrap_or_else(|| {
         args.eval
             .clone()
+            .or_else(|| config.evaluate.out.clone())
             .unwrap_or_else(|| "work/eval".into())
             .join("report.md")
     });
@@ -312,7 +319,7 @@ pub fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
         hint: "run `emshap-ci report --eval DIR` first, which writes DIR/report.md",
         source: e,
     })?;
-    let client = github_client(args.repo.as_deref())?;
+    let client = github_client(args.repo.as_deref(), config)?;
     let marker = crate::github::marker(&workflow);
     match client.upsert_comment(pr, &marker, &body)? {
         crate::github::CommentOutcome::Posted {
@@ -350,13 +357,13 @@ pub fn comment(args: &crate::cli::github::CommentArgs) -> Result<Outcome> {
 }
 
 /// `dispatch`: the deploy workflow for production's version.
-pub fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
+pub fn dispatch(args: &crate::cli::github::DispatchArgs, config: &ConfigFile) -> Result<Outcome> {
     let sha = sha_of(args.sha.as_deref())?;
     let manifest_uri = match (&args.manifest_uri, &args.store.store) {
         (Some(uri), _) => uri.clone(),
         (None, Some(_)) => {
             // Only production is deployed: the store must point at this sha.
-            let store = open_store(&args.store)?;
+            let store = open_store(&args.store, config)?;
             let production =
                 crate::store::versions::production(store.as_ref())?.map(|(p, _)| p.sha);
             if production.as_deref() != Some(sha.as_str()) {
@@ -375,24 +382,36 @@ pub fn dispatch(args: &crate::cli::github::DispatchArgs) -> Result<Outcome> {
             ))
         }
     };
-    let client = github_client(args.repo.as_deref())?;
+    let client = github_client(args.repo.as_deref(), config)?;
     let inputs = std::collections::BTreeMap::from([
         ("sha".to_string(), sha.clone()),
         ("manifest_uri".to_string(), manifest_uri.clone()),
     ]);
-    client.dispatch(&args.workflow, &args.git_ref, &inputs)?;
+    let workflow = args
+        .workflow
+        .clone()
+        .or_else(|| config.github.deploy_workflow.clone())
+        .unwrap_or_else(|| "deploy.yml".into());
+    let git_ref = args
+        .git_ref
+        .clone()
+        .or_else(|| config.github.deploy_ref.clone())
+        .unwrap_or_else(|| "main".into());
+    client.dispatch(&workflow, &git_ref, &inputs)?;
     Ok(Outcome {
         text: format!(
             "dispatched {} on {} for {sha} ({manifest_uri})",
-            args.workflow, args.git_ref
+            workflow, git_ref
         ),
-        json: json!({"command": "dispatch", "ok": true, "workflow": args.workflow, "ref": args.git_ref, "sha": sha}),
+        json: json!({"command": "dispatch", "ok": true, "workflow": workflow, "ref": git_ref, "sha": sha}),
     })
 }
 
-fn open_store(arg: &crate::cli::store::StoreArg) -> Result<Box<dyn crate::store::Store>> {
-    let uri = arg.store.as_deref().unwrap_or("work/store");
-    crate::store::open(uri)
+fn open_store(
+    arg: &crate::cli::store::StoreArg,
+    config: &ConfigFile,
+) -> Result<Box<dyn crate::store::Store>> {
+    crate::store::open(&settings::store_uri(arg.store.as_deref(), config))
 }
 
 fn sha_of(flag: Option<&str>) -> Result<String> {
@@ -490,11 +509,19 @@ pub fn evaluate(
 }
 
 /// `publish`: the version's files under its sha, manifest last.
-pub fn publish(args: &crate::cli::store::PublishArgs) -> Result<Outcome> {
-    let store = open_store(&args.store)?;
+pub fn publish(args: &crate::cli::store::PublishArgs, config: &ConfigFile) -> Result<Outcome> {
+    let store = open_store(&args.store, config)?;
     let sha = sha_of(args.sha.as_deref())?;
-    let models = args.models.clone().unwrap_or_else(|| "work/models".into());
-    let eval = args.eval.clone().unwrap_or_else(|| "work/eval".into());
+    let models = args
+        .models
+        .clone()
+        .or_else(|| config.train.out.clone())
+        .unwrap_or_else(|| "work/models".into());
+    let eval = args
+        .eval
+        .clone()
+        .or_else(|| config.evaluate.out.clone())
+        .unwrap_or_else(|| "work/eval".into());
     let mut files = Vec::new();
     for (dir, name, required) in [
         (&models, crate::train::POWER_ONNX, true),
@@ -531,7 +558,7 @@ pub fn publish(args: &crate::cli::store::PublishArgs) -> Result<Outcome> {
 }
 
 /// `promote`: production points at a published version whose verdict allows it.
-pub fn promote(args: &crate::cli::store::PromoteArgs) -> Result<Outcome> {
+pub fn promote(args: &crate::cli::store::PromoteArgs, config: &ConfigFile) -> Result<Outcome> {
     let reason = args.reason.clone().filter(|r| !r.trim().is_empty());
     if args.force && reason.is_none() {
         return Err(Error::usage(
@@ -539,7 +566,7 @@ pub fn promote(args: &crate::cli::store::PromoteArgs) -> Result<Outcome> {
             "promote --force needs --reason TEXT (who and why are recorded in the pointer and the history)",
         ));
     }
-    let store = open_store(&args.store)?;
+    let store = open_store(&args.store, config)?;
     let sha = sha_of(args.sha.as_deref())?;
     let p = crate::store::versions::promote(
         store.as_ref(),

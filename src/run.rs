@@ -324,9 +324,18 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
             "--force needs --reason TEXT (it is recorded in metrics.json and the history)",
         ));
     }
-    let work = args.work.clone().unwrap_or_else(|| "work".into());
+    let config = crate::settings::ConfigFile::load(global.config.as_deref())?;
+    let work = args
+        .work
+        .clone()
+        .or_else(|| config.run.work.clone())
+        .unwrap_or_else(|| "work".into());
     let (data, models, eval) = (work.join("data"), work.join("models"), work.join("eval"));
-    let store = args.store.clone().unwrap_or_else(|| s(&work.join("store")));
+    let store = args
+        .store
+        .clone()
+        .or_else(|| config.store.uri.clone())
+        .unwrap_or_else(|| s(&work.join("store")));
     let sha = match mode {
         Mode::Pr => None,
         _ => Some(args.sha.clone().unwrap_or_else(default_sha)),
@@ -363,7 +372,6 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         gha: crate::gha::Actions::from_env(),
         quiet: global.quiet > 0,
     };
-    let config = crate::settings::ConfigFile::load(global.config.as_deref())?;
     macro_rules! step {
         ($name:expr, $digest:expr, $outs:expr, $call:expr) => {{
             match chain.stage($name, $digest, $outs, $call)? {
@@ -489,7 +497,9 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     report_args.sha = sha.clone();
     report_args.manifest_uri = manifest_uri.clone();
     report_args.summary = chain.gha.active();
-    let report = chain.stage("report", None, &[], || crate::app::report(&report_args))?;
+    let report = chain.stage("report", None, &[], || {
+        crate::app::report(&report_args, &config)
+    })?;
     if let Err(e) = report {
         return Err(chain.stop("report", e));
     }
@@ -501,7 +511,9 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
                 let mut comment: crate::cli::github::CommentArgs = from_env("comment")?;
                 comment.eval = Some(eval.clone());
                 comment.body = None;
-                step!("comment", None, &[], || crate::app::comment(&comment));
+                step!("comment", None, &[], || crate::app::comment(
+                    &comment, &config
+                ));
             } else {
                 chain.skip(
                     "comment",
@@ -519,7 +531,9 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
             publish.models = Some(models.clone());
             publish.eval = Some(eval.clone());
             publish.sha = Some(sha.clone());
-            step!("publish", None, &[], || crate::app::publish(&publish));
+            step!("publish", None, &[], || crate::app::publish(
+                &publish, &config
+            ));
             if !verdict.is_some_and(crate::evaluate::Verdict::promotable) {
                 chain.skip(
                     "promote",
@@ -542,13 +556,17 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
                     } else {
                         None
                     };
-                    step!("promote", None, &[], || crate::app::promote(&promote));
+                    step!("promote", None, &[], || crate::app::promote(
+                        &promote, &config
+                    ));
                 }
                 if token.is_some() && facts.repository.is_some() {
                     let mut dispatch: crate::cli::github::DispatchArgs = from_env("dispatch")?;
                     dispatch.store = target.clone();
                     dispatch.sha = Some(sha.clone());
-                    step!("dispatch", None, &[], || crate::app::dispatch(&dispatch));
+                    step!("dispatch", None, &[], || crate::app::dispatch(
+                        &dispatch, &config
+                    ));
                 } else {
                     chain.skip(
                         "dispatch",

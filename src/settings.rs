@@ -40,6 +40,78 @@ pub struct ConfigFile {
     pub train: TrainSection,
     #[serde(default)]
     pub evaluate: EvaluateSection,
+    #[serde(default)]
+    pub explain: ExplainSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub github: GithubSection,
+    #[serde(default)]
+    pub report: ReportSection,
+    #[serde(default)]
+    pub run: RunSection,
+}
+
+/// `[explain]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainSection {
+    pub models: Option<PathBuf>,
+    pub samples: Option<usize>,
+    pub proposals: Option<usize>,
+    pub draws: Option<usize>,
+    pub seed: Option<u64>,
+    pub threads: Option<usize>,
+    pub value_function: Option<String>,
+}
+
+/// `[store]`: the store every command uses when none is given.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub uri: Option<String>,
+}
+
+/// `[github]`: where comments and dispatches go when the flags do not say.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSection {
+    /// OWNER/NAME (over $GITHUB_REPOSITORY).
+    pub repository: Option<String>,
+    /// The workflow name the PR comment belongs to (over $GITHUB_WORKFLOW).
+    pub workflow: Option<String>,
+    pub deploy_workflow: Option<String>,
+    pub deploy_ref: Option<String>,
+}
+
+/// `[report]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSection {
+    /// comment or summary: the size limit the report fits.
+    pub limit: Option<String>,
+}
+
+/// `[run]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    pub work: Option<PathBuf>,
+}
+
+/// The embedded defaults (layer 0).
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// `over` laid over `under`, key by key (tables merged, other values replaced).
+fn overlay(under: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (under.get_mut(&k), v) {
+            (Some(toml::Value::Table(u)), toml::Value::Table(o)) => overlay(u, o),
+            (_, v) => {
+                under.insert(k, v);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,7 +214,13 @@ pub struct EmshapSection {
 }
 
 impl ConfigFile {
-    /// Loads `path` (which must exist), or `./emshap-ci.toml` when present, or nothing.
+    /// The embedded defaults alone.
+    pub fn embedded() -> Self {
+        toml::from_str(DEFAULTS).expect("src/defaults.toml is a valid config file")
+    }
+
+    /// Loads `path` (which must exist), or `./emshap-ci.toml` when present, laid over the
+    /// embedded defaults; with neither, the defaults.
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let (path, required) = match path {
             Some(p) => (p.to_path_buf(), true),
@@ -151,7 +229,7 @@ impl ConfigFile {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                return Ok(Self::default())
+                return Ok(Self::embedded())
             }
             Err(e) => {
                 return Err(Error::Config {
@@ -160,10 +238,15 @@ impl ConfigFile {
                 })
             }
         };
-        toml::from_str(&text).map_err(|e| Error::Config {
-            path,
+        // The file alone first, so that its own mistakes are reported as its own.
+        let bad = |e: toml::de::Error| Error::Config {
+            path: path.clone(),
             message: e.message().to_string(),
-        })
+        };
+        let _: ConfigFile = toml::from_str(&text).map_err(bad)?;
+        let mut table: toml::Table = toml::from_str(DEFAULTS).expect("valid defaults");
+        overlay(&mut table, toml::from_str(&text).map_err(bad)?);
+        toml::Table::try_into(table).map_err(bad)
     }
 }
 
@@ -652,6 +735,64 @@ pub fn load_gate(path: Option<&Path>) -> Result<crate::gate::Rules> {
     Ok(rules)
 }
 
+/// `explain`'s settings: flags (and `EMSHAP_CI_*`) over `[explain]` over the defaults.
+pub fn resolve_explain(
+    args: &crate::cli::explain::ExplainArgs,
+    file: &ConfigFile,
+) -> Result<crate::explain::ExplainSettings> {
+    let e = &file.explain;
+    let value_function = match (args.value_function, e.value_function.as_deref()) {
+        (Some(v), _) => v,
+        (None, Some(name)) => <crate::explain::ValueFunctionKind as clap::ValueEnum>::from_str(
+            name, true,
+        )
+        .map_err(|_| {
+            Error::usage(
+                "[explain] value_function",
+                format!("`{name}` (use expectation or mean)"),
+            )
+        })?,
+        (None, None) => crate::explain::ValueFunctionKind::default(),
+    };
+    let proposals = args
+        .proposals
+        .or(e.proposals)
+        .unwrap_or(crate::evaluate::PROPOSALS);
+    if proposals == 0 {
+        return Err(Error::usage("--proposals", "must be at least 1"));
+    }
+    Ok(crate::explain::ExplainSettings {
+        models: args
+            .models
+            .clone()
+            .or_else(|| e.models.clone())
+            .unwrap_or_else(|| PathBuf::from("work/models")),
+        rows: args.rows.clone(),
+        out: args.out.clone(),
+        exact: args.exact,
+        samples: args.samples.or(e.samples),
+        limit: args.limit,
+        proposals,
+        value: crate::explain::ValueChoice {
+            kind: value_function,
+            draws: args.draws.or(e.draws).unwrap_or(0),
+        },
+        seed: args.seed.or(e.seed).unwrap_or(7),
+        threads: positive(
+            "--threads",
+            args.threads.or(e.threads).unwrap_or_else(default_threads),
+            1024,
+        )?,
+    })
+}
+
+/// The store URI: the flag (or `EMSHAP_CI_STORE`), else `[store] uri`, else work/store.
+pub fn store_uri(flag: Option<&str>, file: &ConfigFile) -> String {
+    flag.map(String::from)
+        .or_else(|| file.store.uri.clone())
+        .unwrap_or_else(|| "work/store".into())
+}
+
 pub fn resolve_evaluate(
     args: &EvaluateArgs,
     file: &ConfigFile,
@@ -680,10 +821,12 @@ pub fn resolve_evaluate(
             .or_else(|| file.train.out.clone())
             .unwrap_or_else(|| PathBuf::from("work/models")),
         baseline: args.baseline.clone(),
+        // The default store only when it exists: no store is a bootstrap, not an error.
         store: args.store.clone().or_else(|| {
-            std::path::Path::new("work/store")
-                .is_dir()
-                .then(|| "work/store".to_string())
+            let uri = store_uri(None, file);
+            (uri.starts_with("s3://")
+                || std::path::Path::new(uri.trim_start_matches("file://")).is_dir())
+            .then_some(uri)
         }),
         rules: load_gate(args.gate.as_deref().or(e.gate.as_deref()))?,
         force,
@@ -711,6 +854,58 @@ mod tests {
 
     fn file(text: &str) -> ConfigFile {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_embedded_defaults_are_layer_0_under_the_file() {
+        let d = ConfigFile::embedded();
+        assert_eq!(d.train.out.as_deref(), Some(Path::new("work/models")));
+        assert_eq!(d.explain.seed, Some(7));
+        assert_eq!(d.github.deploy_workflow.as_deref(), Some("deploy.yml"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[explain]\nseed = 11\nvalue_function = \"mean\"\n[store]\nuri = \"s3://b/p\"\n[github]\nrepository = \"acme/models\"\n[run]\nwork = \"w\"\n",
+        )
+        .unwrap();
+        let f = ConfigFile::load(Some(&path)).unwrap();
+        // The file's keys win; the defaults fill the rest of the same table.
+        assert_eq!(f.explain.seed, Some(11));
+        assert_eq!(f.explain.models.as_deref(), Some(Path::new("work/models")));
+        assert_eq!(f.github.repository.as_deref(), Some("acme/models"));
+        assert_eq!(f.github.deploy_ref.as_deref(), Some("main"));
+        assert_eq!(store_uri(None, &f), "s3://b/p");
+        assert_eq!(store_uri(Some("x"), &f), "x");
+        assert_eq!(store_uri(None, &ConfigFile::embedded()), "work/store");
+        let args = crate::cli::explain::ExplainArgs {
+            rows: "r.csv".into(),
+            out: "o.json".into(),
+            ..Default::default()
+        };
+        let s = resolve_explain(&args, &f).unwrap();
+        assert_eq!(s.seed, 11);
+        assert_eq!(s.value.kind, crate::explain::ValueFunctionKind::Mean);
+        let s = resolve_explain(
+            &crate::cli::explain::ExplainArgs {
+                seed: Some(3),
+                ..args.clone()
+            },
+            &f,
+        )
+        .unwrap();
+        assert_eq!(s.seed, 3);
+        // A mistake in the file is the file's, with its path.
+        std::fs::write(&path, "[explain]\nsed = 1\n").unwrap();
+        let e = ConfigFile::load(Some(&path)).unwrap_err();
+        assert!(
+            e.to_string().contains("c.toml") && e.to_string().contains("sed"),
+            "{e}"
+        );
+        std::fs::write(&path, "[explain]\nvalue_function = \"median\"\n").unwrap();
+        let f = ConfigFile::load(Some(&path)).unwrap();
+        let e = resolve_explain(&args, &f).unwrap_err();
+        assert!(e.to_string().contains("median"), "{e}");
     }
 
     #[test]

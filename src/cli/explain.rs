@@ -41,8 +41,9 @@ pub struct ExplainArgs {
     /// The value function: expectation (v(S) = E[f(x_S, X_S̄) | x_S] from joint samples,
     /// right for any model) or mean (f at the conditional mean: exact only for a linear
     /// model; for comparison).
-    #[arg(long, env = "EMSHAP_CI_VALUE_FUNCTION", default_value = "expectation")]
-    pub value_function: crate::explain::ValueFunctionKind,
+    /// (default expectation)
+    #[arg(long, env = "EMSHAP_CI_VALUE_FUNCTION")]
+    pub value_function: Option<crate::explain::ValueFunctionKind>,
 
     /// Joint samples of the features outside each coalition (expectation; default 64 for
     /// exact enumeration, 16 for KernelSHAP).

@@ -29,12 +29,12 @@ pub struct CommentArgs {
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct DispatchArgs {
-    /// The workflow file to dispatch.
-    #[arg(long, env = "EMSHAP_CI_DEPLOY_WORKFLOW", default_value = "deploy.yml")]
-    pub workflow: String,
-    /// The branch to run it on (default: the repository's default branch, main).
-    #[arg(long = "ref", env = "EMSHAP_CI_DEPLOY_REF", default_value = "main")]
-    pub git_ref: String,
+    /// The workflow file to dispatch (default deploy.yml).
+    #[arg(long, env = "EMSHAP_CI_DEPLOY_WORKFLOW")]
+    pub workflow: Option<String>,
+    /// The branch to run it on (default main).
+    #[arg(long = "ref", env = "EMSHAP_CI_DEPLOY_REF")]
+    pub git_ref: Option<String>,
     /// The version to deploy (default $GITHUB_SHA).
     #[arg(long, env = "EMSHAP_CI_SHA")]
     pub sha: Option<String>,

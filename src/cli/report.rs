@@ -27,9 +27,9 @@ pub struct ReportArgs {
     /// The published version's manifest URI, linked from the report.
     #[arg(long, env = "EMSHAP_CI_MANIFEST_URI")]
     pub manifest_uri: Option<String>,
-    /// The size limit to fit, by dropping the least important sections.
-    #[arg(long, value_enum, default_value_t)]
-    pub limit: Limit,
+    /// The size limit to fit, by dropping the least important sections (default comment).
+    #[arg(long, value_enum, env = "EMSHAP_CI_REPORT_LIMIT")]
+    pub limit: Option<Limit>,
     /// Where to write the markdown (default EVAL/report.md); it is also printed.
     #[arg(long)]
     pub out: Option<PathBuf>,
