@@ -5,7 +5,7 @@
 - `emshap-ci pull` from that Kafka topic and from a file of the same messages;
 - the Python peer (../shared/peer/pull.py) on the same topic and the same file.
 
-usage: scripts/bench_pull.py [--rows 1000000] [--reps 3] [--peer-reps 1] [--features torch]
+usage: scripts/bench_pull.py [--rows 1000000] [--reps 3] [--peer-reps 1]
 Needs: scripts/setup.sh --test done, a release build (this script builds it), GNU time
 (/usr/bin/time, Debian package `time`) for peak RSS. Prints a markdown table.
 """
@@ -17,15 +17,14 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=1_000_000)
 ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--peer-reps", type=int, default=1)
-ap.add_argument("--features", default="", help="cargo features of the measured binary, e.g. torch")
 a = ap.parse_args()
 
 env = setup_env(root, "--test")
 cache = env["EMSHAP_CI_CACHE"]
-# A features build goes to its own target folder, so the default build stays as it was.
-target = f"{root}/target" if not a.features else f"{root}/target/bench-{a.features.replace(',', '-')}"
-subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "emshap-ci", "--example", "raw_consume",
-                "--target-dir", target, "--features", a.features], cwd=root, env=env, check=True)
+# The shipped emshap-ci, built as release.yml builds it (--workspace); it links no libtorch.
+target = os.environ.get("CARGO_TARGET_DIR", f"{root}/target")
+subprocess.run(["cargo", "build", "--release", "--quiet", "--workspace", "--bin", "emshap-ci",
+                "--example", "raw_consume"], cwd=root, env=env, check=True)
 exe = f"{target}/release/emshap-ci"
 raw = f"{target}/release/examples/raw_consume"
 

@@ -29,7 +29,7 @@ a = ap.parse_args()
 
 env = setup_env(root)
 cache = env["EMSHAP_CI_CACHE"]
-subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "--features", "torch"], cwd=root, env=env, check=True)
+subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "--workspace"], cwd=root, env=env, check=True)
 exe = f"{root}/target/release/emshap-ci"
 peer = os.path.join(os.path.dirname(root), "shared", "peer")
 if not a.skip_peer:

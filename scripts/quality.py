@@ -22,7 +22,7 @@ The power model is NOT trained: a known function f is written as power_predictor
 Writes every figure to --out (JSON) and prints markdown tables for BENCHMARKS.md.
 
     source ~/.cache/emshap-ci/env.sh
-    cargo build --release --features torch
+    cargo build --release --workspace
     "$EMSHAP_CI_PYTHON" scripts/quality.py [--fast] [--cases a,b] [--bin target/release/emshap-ci]
 
 Cost on the 2-core dev machine (shared with other builds, so times are upper-ish bounds):
@@ -836,7 +836,7 @@ def main():
     a.out = a.out or str(Path(a.work) / "quality.json")
     binary = Path(a.bin).resolve()
     if not binary.exists():
-        raise SystemExit(f"{binary} not found: build with `cargo build --release --features torch` or pass --bin")
+        raise SystemExit(f"{binary} not found: build with `cargo build --release --workspace` (both executables) or pass --bin")
     Path(a.work).mkdir(parents=True, exist_ok=True)
 
     try:
