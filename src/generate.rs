@@ -336,32 +336,19 @@ pub fn write_file(spec: &GenerateSpec, path: &std::path::Path) -> Result<Generat
         _ => std::path::Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
     let records = Generator::new(spec.clone())?.take(spec.rows as usize);
     let mut bad = std::collections::BTreeMap::new();
     let mut bytes = 0u64;
-    let res = (|| -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    crate::fsutil::write_with(path, |file| {
+        let mut out = std::io::BufWriter::new(file);
         for r in records {
             tally(&mut bad, &r);
             bytes += r.payload.len() as u64;
             crate::framing::write_delimited(&mut out, &r.payload)?;
         }
-        let f = out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::write(path, e));
-    }
+        std::io::Write::flush(&mut out)
+    })
+    .map_err(|e| Error::write(path, e))?;
     Ok(GenerateReport {
         target: path.display().to_string(),
         records: spec.rows,

@@ -501,19 +501,7 @@ pub fn write_quarantine(path: &Path, records: &[Quarantined], topic: &str) -> Re
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename);
 /// returns their size and sha256.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<FileInfo> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let res = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::write(path, e));
-    }
+    crate::fsutil::write_atomic(path, bytes)?;
     Ok(FileInfo::new(
         path,
         bytes.len() as u64,
@@ -582,16 +570,8 @@ impl Staging {
 
     /// Moves the staging folder into place, replacing an older snapshot.
     pub fn commit(mut self) -> Result<()> {
-        let old = self.dir.with_extension("old");
-        if self.dest.exists() {
-            fs::rename(&self.dest, &old).map_err(|e| Error::write(&self.dest, e))?;
-        }
-        if let Err(e) = fs::rename(&self.dir, &self.dest) {
-            // Put the old one back: nothing is lost.
-            let _ = fs::rename(&old, &self.dest);
-            return Err(Error::write(&self.dest, e));
-        }
-        let _ = fs::remove_dir_all(&old);
+        // The old one goes back if the move fails: nothing is lost.
+        crate::fsutil::swap_dir(&self.dir, &self.dest, &self.dir.with_extension("old"))?;
         self.committed = true;
         Ok(())
     }
@@ -602,31 +582,7 @@ fn remove_stale_staging(parent: &Path, name: &str) {
     remove_stale(parent, &format!(".{name}.staging-"));
 }
 
-/// Removes files and folders in `parent` named `PREFIX<pid>` (or `PREFIX<pid>.old`) whose
-/// process is gone: what a killed run left half-written.
-pub fn remove_stale(parent: &Path, prefix: &str) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file_name = e.file_name();
-        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
-            continue;
-        };
-        let pid = rest.trim_end_matches(".old");
-        let alive = pid
-            .parse::<u32>()
-            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            let path = e.path();
-            let _ = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-        }
-    }
-}
+pub use crate::fsutil::remove_stale;
 
 impl Drop for Staging {
     fn drop(&mut self) {

@@ -113,21 +113,8 @@ impl Store for LocalStore {
         let dir = path.parent().expect("a key has a parent");
         fs::create_dir_all(dir)
             .map_err(|e| self.err(format!("cannot create {key}'s folder: {e}")))?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("object");
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let res = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.err(format!("cannot write {key}: {e}")));
-        }
+        crate::fsutil::write_with(&path, |f| f.write_all(bytes))
+            .map_err(|e| self.err(format!("cannot write {key}: {e}")))?;
         Ok(Put::Written {
             etag: Self::etag(bytes),
         })

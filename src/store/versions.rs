@@ -363,15 +363,7 @@ pub fn fetch(store: &dyn Store, sha: Option<&str>, dest: &Path) -> Result<Manife
         json.push(b'\n');
         fs::write(tmp.join(MANIFEST), json).map_err(|e| Error::write(&tmp, e))?;
         let old = parent.join(format!(".{name}.fetch-{}.old", std::process::id()));
-        if dest.exists() {
-            fs::rename(dest, &old).map_err(|e| Error::write(dest, e))?;
-        }
-        if let Err(e) = fs::rename(&tmp, dest) {
-            let _ = fs::rename(&old, dest);
-            return Err(Error::write(dest, e));
-        }
-        let _ = fs::remove_dir_all(&old);
-        Ok(())
+        crate::fsutil::swap_dir(&tmp, dest, &old)
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
