@@ -594,6 +594,19 @@ fn count_messages(input: &Input<'_>) -> Result<i64> {
     Ok(n)
 }
 
+/// For a Kafka source, the offset ranges its window resolves to now (what a pull started
+/// now would read); None for a file. `run --resume` puts them in the pull's digest, so a
+/// `last:N` window on a topic that has grown is pulled again.
+pub fn kafka_ranges(settings: &PullSettings) -> Result<Option<Vec<PartitionRange>>> {
+    let Source::Kafka { topic } = &settings.source else {
+        return Ok(None);
+    };
+    let reader = TopicReader::connect(&settings.kafka, topic)?;
+    let partitions = reader.partitions()?;
+    let marks = reader.watermarks(&partitions)?;
+    resolve_ranges(&reader, &settings.window, &partitions, &marks, settings).map(Some)
+}
+
 fn read_kafka(
     topic: &str,
     settings: &PullSettings,

@@ -391,8 +391,20 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         crate::pull::Source::File(p) => vec![p.as_path()],
         _ => vec![],
     };
-    let digest = Chain::stage_digest(&format!("{pull_settings:?}"), &source_file, b"")?;
-    step!("pull", Some(digest), &[all(&data)], || {
+    // For Kafka, the offset ranges the window resolves to now are an input too; when the
+    // broker cannot be asked, the pull is not resumed (and fails in its stage, if it must).
+    let digest = match crate::pull::kafka_ranges(&pull_settings) {
+        Ok(ranges) => Some(Chain::stage_digest(
+            &format!("{pull_settings:?}"),
+            &source_file,
+            format!("{ranges:?}").as_bytes(),
+        )?),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot resolve the window for --resume");
+            None
+        }
+    };
+    step!("pull", digest, &[all(&data)], || {
         crate::app::pull(&pull_settings, quiet)
     });
 

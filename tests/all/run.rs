@@ -349,3 +349,31 @@ fn resume_reruns_only_the_stages_whose_own_settings_changed() {
         want("done", "done")
     );
 }
+
+/// For a Kafka source, the window's resolved offset ranges are part of the pull's digest:
+/// the same topic resumes; once the topic has grown, `--resume` pulls (and trains) again.
+#[test]
+fn kafka_resume_pulls_again_when_the_topic_has_grown() {
+    let tansu = Tansu::start();
+    tansu.generate("grow", &["--rows", "3000"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let env = kv(&[
+        ("EMSHAP_CI_SOURCE", "kafka:grow"),
+        ("EMSHAP_CI_BROKERS", &tansu.brokers),
+        ("EMSHAP_CI_EPOCHS", "3"),
+        ("EMSHAP_CI_THREADS", "2"),
+    ]);
+    let pull_status = || {
+        let o = chain(d, &["--mode", "pr", "--resume"], &env);
+        assert_eq!(o.status.code(), Some(0), "{}", log(&o));
+        let run: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("work/run.json")).unwrap()).unwrap();
+        let st = |i: usize| run["stages"][i]["status"].as_str().unwrap().to_string();
+        (st(0), st(1))
+    };
+    assert_eq!(pull_status(), ("done".into(), "done".into()));
+    assert_eq!(pull_status(), ("resumed".into(), "resumed".into()));
+    tansu.generate("grow", &["--rows", "500", "--seed", "9"]);
+    assert_eq!(pull_status(), ("done".into(), "done".into()));
+}
