@@ -252,7 +252,10 @@ pub fn report(args: &crate::cli::report::ReportArgs, config: &ConfigFile) -> Res
         Limit::Summary => crate::report::SUMMARY_LIMIT,
     };
     let md = crate::report::render(&input, limit);
-    let out = args.out.clone().unwrap_or_else(|| eval.join("report.md"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| eval.join(crate::artifacts::REPORT_FILE));
     crate::pull::snapshot::write_atomic(&out, md.as_bytes())?;
     if args.summary {
         let gha = crate::gha::Actions::from_env();
@@ -311,7 +314,7 @@ pub fn comment(args: &crate::cli::github::CommentArgs, config: &ConfigFile) -> R
             .clone()
             .or_else(|| config.evaluate.out.clone())
             .unwrap_or_else(|| "work/eval".into())
-            .join("report.md")
+            .join(crate::artifacts::REPORT_FILE)
     });
     let body = std::fs::read_to_string(&path).map_err(|e| Error::Io {
         op: "read",
@@ -523,14 +526,11 @@ pub fn publish(args: &crate::cli::store::PublishArgs, config: &ConfigFile) -> Re
         .or_else(|| config.evaluate.out.clone())
         .unwrap_or_else(|| "work/eval".into());
     let mut files = Vec::new();
-    for (dir, name, required) in [
-        (&models, crate::train::POWER_ONNX, true),
-        (&models, crate::train::EMSHAP_ONNX, true),
-        (&models, crate::pull::snapshot::SCALER_FILE, true),
-        (&eval, crate::evaluate::METRICS_FILE, true),
-        (&eval, crate::pull::snapshot::DATASET_FILE, true),
-        (&eval, "report.md", false),
-    ] {
+    for (origin, name, required) in crate::artifacts::version_files() {
+        let dir = match origin {
+            crate::artifacts::Origin::Models => &models,
+            crate::artifacts::Origin::Eval => &eval,
+        };
         let path = dir.join(name);
         match std::fs::read(&path) {
             Ok(b) => files.push((name.to_string(), b)),

@@ -21,7 +21,7 @@ use crate::onnx::{Session, Tensor};
 use crate::train::data::{self, Split};
 use crate::train::{EMSHAP_ONNX, POWER_ONNX};
 
-pub const METRICS_FILE: &str = "metrics.json";
+pub use crate::artifacts::METRICS_FILE;
 /// The EMSHAP KPIs' fixed draws: the same masks and randomness for every version.
 pub const SEED: u64 = 0x5eed_0007;
 pub const MASK_RATE: f64 = 0.5;

@@ -3,6 +3,7 @@
 //! external system.
 
 pub mod app;
+pub mod artifacts;
 pub mod cli;
 pub mod error;
 pub mod evaluate;

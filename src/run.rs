@@ -27,7 +27,7 @@ use crate::cli::run::{Mode, RunArgs};
 use crate::cli::GlobalArgs;
 use crate::error::{Error, Result};
 
-pub const RUN_FILE: &str = "run.json";
+pub use crate::artifacts::RUN_FILE;
 
 /// What became of a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -505,7 +505,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     let mut report_args: crate::cli::report::ReportArgs = from_env("report")?;
     report_args.eval = Some(eval.clone());
     report_args.models = Some(models.clone());
-    report_args.out = Some(eval.join("report.md"));
+    report_args.out = Some(eval.join(crate::artifacts::REPORT_FILE));
     report_args.sha = sha.clone();
     report_args.manifest_uri = manifest_uri.clone();
     report_args.summary = chain.gha.active();
@@ -590,7 +590,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     }
     chain.save()?;
     let elapsed = chain.started.elapsed().as_secs_f64();
-    let report_md = std::fs::read_to_string(eval.join("report.md")).unwrap_or_default();
+    let report_md =
+        std::fs::read_to_string(eval.join(crate::artifacts::REPORT_FILE)).unwrap_or_default();
     let mut text = String::new();
     if !report_md.is_empty() {
         text.push_str(&report_md);
@@ -609,7 +610,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         sha.as_ref()
             .map(|s| format!(", version {s} in {store}"))
             .unwrap_or_default(),
-        eval.join("report.md").display(),
+        eval.join(crate::artifacts::REPORT_FILE).display(),
         work.join(RUN_FILE).display()
     );
     match gate_error {

@@ -17,12 +17,9 @@ use crate::progress::Progress;
 
 pub mod data;
 
-pub const POWER_ONNX: &str = "power_predictor.onnx";
-pub const EMSHAP_ONNX: &str = "emshap_model.onnx";
-pub const POWER_CHECKPOINT: &str = "power.safetensors";
-pub const EMSHAP_CHECKPOINT: &str = "emshap.safetensors";
-pub const POWER_HISTORY: &str = "power_history.json";
-pub const EMSHAP_HISTORY: &str = "emshap_history.json";
+pub use crate::artifacts::{
+    EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX, POWER_CHECKPOINT, POWER_HISTORY, POWER_ONNX,
+};
 /// EMSHAP's default train sample on a CPU. Its warm-up trains the proposal alone, which is
 /// cheap (~0.05 ms a row on 2 cores); the energy network runs per (row, unobserved feature,
 /// candidate), so its epochs see only `EMSHAP_CPU_ENERGY_ROWS` rows of the sample each (a

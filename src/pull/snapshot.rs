@@ -23,9 +23,7 @@ use sha2::{Digest, Sha256};
 use super::decode::{Columns, Quarantined, Reason};
 use crate::error::{Error, Result};
 
-pub const DATASET_FILE: &str = "dataset.json";
-pub const SCALER_FILE: &str = "scaler.json";
-pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+pub use crate::artifacts::{DATASET_FILE, QUARANTINE_FILE, SCALER_FILE};
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
 const HIST_BINS: usize = 20;
 const ROW_GROUP: usize = 65_536;

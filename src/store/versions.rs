@@ -11,8 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{Cond, Put, Store};
 use crate::error::{Error, Result};
 
-pub const MANIFEST: &str = "manifest.json";
-pub const POINTER: &str = "production.json";
+pub use crate::artifacts::{MANIFEST, POINTER};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -242,7 +241,7 @@ pub fn promote(
 ) -> Result<Pointer> {
     let (_, digest) = complete_version(store, sha)?;
     let verdict = store
-        .get(&key(sha, "metrics.json"))?
+        .get(&key(sha, crate::artifacts::METRICS_FILE))?
         .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.bytes).ok())
         .and_then(|v| v["verdict"].as_str().map(String::from));
     match verdict.as_deref() {
