@@ -73,6 +73,15 @@ if [ ! -f "$venv/.complete" ]; then
   "${pip[@]}" --no-deps "torch==$TORCH_VERSION" "$CUDA_RUNTIME" "$CUDA_CUPTI" >&2
   touch "$venv/.complete"
 fi
+# The tests' Confluent producer: confluent-kafka's Schema Registry serializers (their
+# dependencies only; a marker per version, so the venv above is not rebuilt for them).
+sr_marker="$venv/.schemaregistry-${PY_TOOLS[0]#confluent-kafka==}"
+if [ "$with_test" = 1 ] && [ ! -f "$sr_marker" ]; then
+  say "installing confluent-kafka's schemaregistry and protobuf extras into $venv (once)"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    "confluent-kafka[schemaregistry,protobuf]==${PY_TOOLS[0]#confluent-kafka==}" >&2
+  touch "$sr_marker"
+fi
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 wheel_lib="$site/torch/lib"
 cuda_lib="$site/nvidia/cu13/lib"

@@ -106,6 +106,8 @@ pub struct PullSettings {
     /// Commit the window's end offsets for the group once the snapshot is written.
     pub commit: bool,
     pub workers: usize,
+    /// How message values are framed (DESIGN §3).
+    pub payload_format: decode::PayloadFormat,
 }
 
 /// `dataset.json`: the snapshot's lineage and description.
@@ -130,6 +132,10 @@ pub struct SourceInfo {
     pub name: String,
     pub window: String,
     pub partitions: Vec<PartitionRange>,
+    /// The Confluent Schema Registry ids the messages carried, with how many carried each
+    /// (none for bare FeatureVectors).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schema_ids: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,7 +187,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
     // Check the destination before any slow work.
     let staging = Staging::new(&settings.out)?;
 
-    let (mut cols, source_info, reader) = match &settings.source {
+    let (mut cols, mut source_info, reader) = match &settings.source {
         Source::Embedded => {
             let (cols, info) = read_file(&Input::Embedded, settings, progress)?;
             (cols, info, None)
@@ -196,6 +202,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         }
     };
     progress.finish();
+    source_info.schema_ids = std::mem::take(&mut cols.schema_ids);
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "read and decoded"
@@ -409,7 +416,7 @@ fn decode_parallel(
                 let rx = rx.clone();
                 let features = &settings.features;
                 s.spawn(move || {
-                    let mut dec = Decoder::new(features, time);
+                    let mut dec = Decoder::with_format(features, time, settings.payload_format);
                     for b in rx {
                         for &(p, o, start, len) in &b.msgs {
                             dec.push(p, o, &b.data[start as usize..(start + len) as usize]);
@@ -573,6 +580,7 @@ fn read_file(
             kind: "file".into(),
             name,
             window: settings.window.to_string(),
+            schema_ids: BTreeMap::new(),
             partitions: vec![PartitionRange {
                 partition: 0,
                 start,
@@ -698,6 +706,7 @@ fn read_kafka(
             name: topic.to_string(),
             window: settings.window.to_string(),
             partitions: partitions_info,
+            schema_ids: BTreeMap::new(),
         },
         reader,
     ))

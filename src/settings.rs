@@ -145,6 +145,8 @@ pub struct PullSection {
     pub quarantine: Option<PathBuf>,
     pub commit: Option<bool>,
     pub workers: Option<usize>,
+    /// auto, raw or confluent.
+    pub payload_format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,6 +422,19 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
             format!("{workers} (give 1 to 256)"),
         ));
     }
+    let payload_format = match (args.payload_format, p.payload_format.as_deref()) {
+        (Some(f), _) => f,
+        (None, Some(name)) => <crate::pull::decode::PayloadFormat as clap::ValueEnum>::from_str(
+            name, true,
+        )
+        .map_err(|_| {
+            Error::usage(
+                "[pull] payload_format",
+                format!("`{name}` (use auto, raw or confluent)"),
+            )
+        })?,
+        (None, None) => crate::pull::decode::PayloadFormat::Auto,
+    };
     Ok(PullSettings {
         source,
         kafka: KafkaConfig {
@@ -446,6 +461,7 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
         quarantine: args.quarantine.clone().or_else(|| p.quarantine.clone()),
         commit,
         workers,
+        payload_format,
     })
 }
 

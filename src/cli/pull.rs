@@ -61,4 +61,14 @@ pub struct PullArgs {
     /// Decoding threads (default: the number of cores).
     #[arg(long, env = "EMSHAP_CI_WORKERS")]
     pub workers: Option<usize>,
+
+    /// How message values are framed: auto (Confluent Schema Registry framing when the
+    /// first byte is 0, else a bare FeatureVector), raw, or confluent (default auto).
+    #[arg(
+        long,
+        env = "EMSHAP_CI_PAYLOAD_FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub payload_format: Option<crate::pull::decode::PayloadFormat>,
 }

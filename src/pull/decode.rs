@@ -17,6 +17,10 @@ use crate::schema::{metric, FeatureSet, FeatureSource};
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     Undecodable,
+    /// Confluent framing whose message index is not the first type (FeatureVector).
+    UnsupportedMessageIndex,
+    /// A first byte that is no framing this pull reads (`--payload-format confluent`).
+    UnknownMagicByte,
     MissingTarget,
     NonFiniteTarget,
     NegativeTarget,
@@ -27,8 +31,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const INVALID: [Reason; 6] = [
+    pub const INVALID: [Reason; 8] = [
         Reason::Undecodable,
+        Reason::UnsupportedMessageIndex,
+        Reason::UnknownMagicByte,
         Reason::MissingTarget,
         Reason::NonFiniteTarget,
         Reason::NegativeTarget,
@@ -39,6 +45,8 @@ impl Reason {
     pub fn name(self) -> &'static str {
         match self {
             Reason::Undecodable => "undecodable",
+            Reason::UnsupportedMessageIndex => "unsupported_message_index",
+            Reason::UnknownMagicByte => "unknown_magic_byte",
             Reason::MissingTarget => "missing_target",
             Reason::NonFiniteTarget => "non_finite_target",
             Reason::NegativeTarget => "negative_target",
@@ -47,6 +55,100 @@ impl Reason {
             Reason::Duplicate => "duplicate",
         }
     }
+}
+
+/// How message values are framed (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// Confluent framing when the first byte is 0 (a bare FeatureVector never starts with
+    /// 0: protobuf has no field number 0), a bare FeatureVector otherwise.
+    #[default]
+    Auto,
+    /// A bare FeatureVector.
+    Raw,
+    /// Confluent Schema Registry framing: magic byte 0, a 4-byte big-endian schema id, the
+    /// message-index zig-zag varints (`0x00` for the first type), then the FeatureVector.
+    Confluent,
+}
+
+impl std::fmt::Display for PayloadFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PayloadFormat::Auto => "auto",
+            PayloadFormat::Raw => "raw",
+            PayloadFormat::Confluent => "confluent",
+        })
+    }
+}
+
+/// One zig-zag varint at the start of `b`: (value, bytes used).
+fn zigzag_varint(b: &[u8]) -> Option<(i64, usize)> {
+    let mut v: u64 = 0;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((((v >> 1) as i64) ^ -((v & 1) as i64), i + 1));
+        }
+    }
+    None
+}
+
+/// Why a message value cannot be read: the reason and its detail.
+pub type Unreadable = (Reason, String);
+
+/// The FeatureVector bytes of a message value and its Confluent schema id (if framed), or
+/// why it cannot be read.
+pub fn unframe(payload: &[u8], format: PayloadFormat) -> Result<(&[u8], Option<u32>), Unreadable> {
+    let framed = match format {
+        PayloadFormat::Raw => false,
+        PayloadFormat::Auto => payload.first() == Some(&0),
+        PayloadFormat::Confluent => match payload.first() {
+            Some(0) => true,
+            Some(b) => {
+                return Err((
+                    Reason::UnknownMagicByte,
+                    format!("first byte {b:#04x}, not Confluent's magic byte 0x00"),
+                ))
+            }
+            None => return Err((Reason::Undecodable, "empty message".into())),
+        },
+    };
+    if !framed {
+        return Ok((payload, None));
+    }
+    let Some(id) = payload.get(1..5) else {
+        return Err((
+            Reason::Undecodable,
+            format!("Confluent framing cut short: {} bytes", payload.len()),
+        ));
+    };
+    let id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+    let bad_index = |why: String| (Reason::Undecodable, format!("schema id {id}: {why}"));
+    let mut at = 5;
+    let (count, used) =
+        zigzag_varint(&payload[at..]).ok_or_else(|| bad_index("no message index".into()))?;
+    at += used;
+    // The array [0] is written as a single 0 (its length); otherwise length, then indexes.
+    let mut indexes = Vec::new();
+    if count != 0 {
+        if !(0..=64).contains(&count) {
+            return Err(bad_index(format!("message index count {count}")));
+        }
+        for _ in 0..count {
+            let (i, used) = zigzag_varint(&payload[at..])
+                .ok_or_else(|| bad_index("message index cut short".into()))?;
+            indexes.push(i);
+            at += used;
+        }
+        if indexes != [0] {
+            return Err((
+                Reason::UnsupportedMessageIndex,
+                format!("schema id {id}, message index {indexes:?}: only the first message type (FeatureVector) is read"),
+            ));
+        }
+    }
+    Ok((&payload[at..], Some(id)))
 }
 
 /// A quarantined record: where it was and why.
@@ -80,6 +182,8 @@ pub struct Columns {
     pub messages: u64,
     /// Records outside a time window that selects by timestamp: not read, not invalid.
     pub skipped: u64,
+    /// Confluent schema ids seen, with how many messages carried each.
+    pub schema_ids: std::collections::BTreeMap<u32, u64>,
 }
 
 /// What a time window does to a record whose own `timestamp_ms` lies outside it.
@@ -99,6 +203,7 @@ pub enum TimeRule {
 pub struct Decoder<'a> {
     features: &'a FeatureSet,
     time: TimeRule,
+    format: PayloadFormat,
     fv: FeatureVector,
     row: Vec<f32>,
     pub out: Columns,
@@ -106,9 +211,14 @@ pub struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     pub fn new(features: &'a FeatureSet, time: TimeRule) -> Self {
+        Self::with_format(features, time, PayloadFormat::Auto)
+    }
+
+    pub fn with_format(features: &'a FeatureSet, time: TimeRule, format: PayloadFormat) -> Self {
         Self {
             features,
             time,
+            format,
             fv: FeatureVector::default(),
             row: vec![0.0; features.len()],
             out: Columns::new(features.len()),
@@ -142,6 +252,15 @@ impl<'a> Decoder<'a> {
     pub fn push(&mut self, partition: i32, offset: i64, payload: &[u8]) {
         self.out.messages += 1;
         self.fv.clear();
+        let payload = match unframe(payload, self.format) {
+            Ok((bare, id)) => {
+                if let Some(id) = id {
+                    *self.out.schema_ids.entry(id).or_default() += 1;
+                }
+                bare
+            }
+            Err((reason, detail)) => return self.reject(partition, offset, reason, detail, false),
+        };
         if let Err(e) = self.fv.merge(payload) {
             self.reject(partition, offset, Reason::Undecodable, e.to_string(), false);
             return;
@@ -270,12 +389,55 @@ impl Columns {
         self.quarantined.extend(other.quarantined);
         self.messages += other.messages;
         self.skipped += other.skipped;
+        for (id, n) in other.schema_ids {
+            *self.schema_ids.entry(id).or_default() += n;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confluent_framing_is_unframed_and_bad_framing_has_its_reason() {
+        let fv = b"\x0a\x01a";
+        // Magic 0, schema id 7, message index [0] as a single 0.
+        let framed = [&[0u8, 0, 0, 0, 7, 0][..], fv].concat();
+        assert_eq!(
+            unframe(&framed, PayloadFormat::Auto),
+            Ok((&fv[..], Some(7)))
+        );
+        assert_eq!(
+            unframe(&framed, PayloadFormat::Confluent),
+            Ok((&fv[..], Some(7)))
+        );
+        // The explicit form of [0]: length 1 (zig-zag 2), index 0.
+        let explicit = [&[0u8, 0, 0, 1, 0, 2, 0][..], fv].concat();
+        assert_eq!(
+            unframe(&explicit, PayloadFormat::Auto),
+            Ok((&fv[..], Some(256)))
+        );
+        assert_eq!(unframe(fv, PayloadFormat::Auto), Ok((&fv[..], None)));
+        assert_eq!(
+            unframe(&framed, PayloadFormat::Raw),
+            Ok((&framed[..], None))
+        );
+        let other = [&[0u8, 0, 0, 0, 7, 2, 2][..], fv].concat();
+        let (reason, detail) = unframe(&other, PayloadFormat::Auto).unwrap_err();
+        assert_eq!(reason, Reason::UnsupportedMessageIndex);
+        assert!(
+            detail.contains("schema id 7") && detail.contains("[1]"),
+            "{detail}"
+        );
+        let (reason, _) = unframe(fv, PayloadFormat::Confluent).unwrap_err();
+        assert_eq!(reason, Reason::UnknownMagicByte);
+        let (reason, _) = unframe(&[0, 0, 1], PayloadFormat::Auto).unwrap_err();
+        assert_eq!(reason, Reason::Undecodable);
+        // A negative zig-zag value is read as such (-1 = 1), and refused as a count.
+        assert_eq!(zigzag_varint(&[1]), Some((-1, 1)));
+        assert_eq!(zigzag_varint(&[0xac, 0x02]), Some((150, 2)));
+    }
 
     fn good() -> FeatureVector {
         let mut fv = FeatureVector {

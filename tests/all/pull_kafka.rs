@@ -418,3 +418,86 @@ fn kafka_group_commit_then_committed_window_reads_only_new_messages() {
     );
     assert_eq!(c["messages"], 300);
 }
+
+/// Values written by Confluent's own serializer (confluent-kafka's ProtobufSerializer with a
+/// mock:// Schema Registry): `auto` reads them all and records the schema id in the lineage;
+/// `confluent` refuses a bare value as `unknown_magic_byte`; a value of another message type
+/// is `unsupported_message_index`; `raw` reads none of the framed ones.
+#[test]
+fn kafka_confluent_schema_registry_framing_is_read() {
+    let t = Tansu::start();
+    let python = std::env::var("EMSHAP_CI_PYTHON").expect("EMSHAP_CI_PYTHON from scripts/setup.sh");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = std::process::Command::new(python)
+        .arg(format!("{root}/tests/python/produce_fv.py"))
+        .args([
+            &t.brokers,
+            "sr",
+            "600",
+            &format!("{root}/proto"),
+            "--confluent",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "python producer: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // auto: 600 framed rows; the other-type one is refused, the bare one is read as bare.
+    pulled(
+        &t,
+        dir.path(),
+        "sr",
+        "auto",
+        &["--max-invalid-ratio", "0.5"],
+    );
+    let c = counts(dir.path(), "auto");
+    assert_eq!(c["messages"], 602);
+    assert_eq!(c["invalid"]["unsupported_message_index"], 1, "{c}");
+    assert_eq!(c["invalid"]["non_finite_feature"], 1, "{c}");
+    assert_eq!(c["rows"], 600, "{c}");
+    let ds = dataset(&dir.path().join("auto"));
+    let ids = ds["source"]["schema_ids"].as_object().unwrap();
+    assert_eq!(ids.len(), 1, "{ds}");
+    assert_eq!(
+        ids.values().next().unwrap(),
+        600,
+        "the ids of the messages read: {ds}"
+    );
+    let train = read_split(&dir.path().join("auto/train.parquet"));
+    assert_eq!(train.floats["power_watts"][0], 100.0);
+    // confluent: the bare value is not framed.
+    pulled(
+        &t,
+        dir.path(),
+        "sr",
+        "conf",
+        &[
+            "--max-invalid-ratio",
+            "0.5",
+            "--payload-format",
+            "confluent",
+        ],
+    );
+    let c = counts(dir.path(), "conf");
+    assert_eq!(c["invalid"]["unknown_magic_byte"], 1, "{c}");
+    assert_eq!(c["rows"], 600, "{c}");
+    // raw: the framed ones do not decode as bare FeatureVectors (too many invalid: exit 4).
+    let o = run(
+        dir.path(),
+        &[
+            "pull",
+            "--source",
+            "kafka:sr",
+            "--brokers",
+            &t.brokers,
+            "--out",
+            "raw",
+            "--payload-format",
+            "raw",
+        ],
+    );
+    assert_exit(&o, 4);
+}

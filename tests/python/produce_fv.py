@@ -3,7 +3,12 @@ Google's protobuf runtime, with FeatureVector compiled from proto/feature_vector
 grpc_tools. Writes N good messages (cpu_util = i, power_watts = 100 + i), then one with a NaN
 feature and one that is not protobuf at all, keyed by node_id.
 
-usage: produce_fv.py BROKERS TOPIC N PROTO_DIR
+With --confluent the values are written by confluent-kafka's own ProtobufSerializer against a
+mock:// Schema Registry (Confluent's wire format: magic 0, schema id, message index), and
+the two bad ones are a value framed with message index [1] (another message type) and a
+bare FeatureVector (magic byte 0x0a: not framed).
+
+usage: produce_fv.py BROKERS TOPIC N PROTO_DIR [--confluent]
 """
 import importlib, math, os, sys, tempfile
 
@@ -12,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from grpc_tools import protoc
 
 brokers, topic, n, proto_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+confluent = "--confluent" in sys.argv[5:]
 out = tempfile.mkdtemp()
 rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", os.path.join(proto_dir, "feature_vector.proto")])
 assert rc == 0, "protoc failed"
@@ -24,6 +30,16 @@ for fut in admin.create_topics([NewTopic(topic, 3, 1)]).values():
 
 failed = []
 p = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+if confluent:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    registry = SchemaRegistryClient.new_client({"url": "mock://emshap-ci-test"})
+    serializer = ProtobufSerializer(pb.FeatureVector, registry)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    encode = lambda fv: serializer(fv, ctx)
+else:
+    encode = lambda fv: fv.SerializeToString()
 def done(err, msg):
     if err is not None:
         failed.append(err)
@@ -36,10 +52,18 @@ for i in range(n):
                               "cache_hit", "context_switch", "page_fault", "interrupts", "load_avg",
                               "process_count", "thread_count"]):
         setattr(fv, name, float(i) if j == 0 else float(i % 13 + j))
-    p.produce(topic, key=fv.node_id.encode(), value=fv.SerializeToString(), on_delivery=done)
+    p.produce(topic, key=fv.node_id.encode(), value=encode(fv), on_delivery=done)
 bad = pb.FeatureVector(node_id="py-nan", timestamp_ms=1_700_000_000_000, power_watts=1.0, cpu_util=math.nan)
-p.produce(topic, key=b"py-nan", value=bad.SerializeToString(), on_delivery=done)
-p.produce(topic, key=b"py-garbage", value=b"\x0a\xff\xff\xff not protobuf", on_delivery=done)
+if confluent:
+    framed = encode(bad)
+    # Magic 0, the same schema id, then message index [1] (array length 1, index 1: zig-zag 2, 2).
+    other_type = framed[:5] + bytes([2, 2]) + bad.SerializeToString()
+    p.produce(topic, key=b"py-index", value=other_type, on_delivery=done)
+    p.produce(topic, key=b"py-bare", value=bad.SerializeToString(), on_delivery=done)
+    print("schema id", int.from_bytes(framed[1:5], "big"), file=sys.stderr)
+else:
+    p.produce(topic, key=b"py-nan", value=bad.SerializeToString(), on_delivery=done)
+    p.produce(topic, key=b"py-garbage", value=b"\x0a\xff\xff\xff not protobuf", on_delivery=done)
 left = p.flush(30)
 assert left == 0 and not failed, f"undelivered: {left}, failed: {failed}"
 print(n + 2)
