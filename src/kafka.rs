@@ -16,13 +16,114 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::error::{Error, Result};
 
 /// How to reach the cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone, Default)]
 pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group: used for committed offsets (`--window committed`, `--commit`).
     pub group: Option<String>,
     /// How long a metadata request or a stalled fetch may take before giving up.
     pub timeout: Duration,
+    /// librdkafka client properties (`[kafka.properties]`, `--kafka-property`), already
+    /// checked against the ones emshap-ci owns and the secret ones.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Secret properties, from the environment only (`EMSHAP_CI_KAFKA_SASL_PASSWORD`, …).
+    /// Never printed: Debug shows their names.
+    pub secrets: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("timeout", &self.timeout)
+            .field("properties", &self.properties)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Properties emshap-ci sets itself: a pull's correctness depends on them.
+pub const OWNED_PROPERTIES: [&str; 9] = [
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "allow.auto.create.topics",
+    "client.id",
+];
+
+/// Properties that carry a secret, and the environment variable each comes from.
+pub const SECRET_PROPERTIES: [(&str, &str); 6] = [
+    ("sasl.password", "EMSHAP_CI_KAFKA_SASL_PASSWORD"),
+    ("ssl.key.password", "EMSHAP_CI_KAFKA_SSL_KEY_PASSWORD"),
+    ("ssl.key.pem", "EMSHAP_CI_KAFKA_SSL_KEY_PEM"),
+    (
+        "ssl.keystore.password",
+        "EMSHAP_CI_KAFKA_SSL_KEYSTORE_PASSWORD",
+    ),
+    (
+        "sasl.oauthbearer.client.secret",
+        "EMSHAP_CI_KAFKA_OAUTHBEARER_CLIENT_SECRET",
+    ),
+    (
+        "sasl.oauthbearer.config",
+        "EMSHAP_CI_KAFKA_OAUTHBEARER_CONFIG",
+    ),
+];
+
+/// Checks client properties from `origin` (a config file or `--kafka-property`): the ones
+/// emshap-ci owns and the secret ones are refused, each with what to do instead.
+pub fn check_properties(
+    props: &std::collections::BTreeMap<String, String>,
+    origin: &str,
+) -> Result<()> {
+    for key in props.keys() {
+        if OWNED_PROPERTIES.contains(&key.as_str()) {
+            let instead = match key.as_str() {
+                "bootstrap.servers" | "metadata.broker.list" => "use --brokers",
+                "group.id" => "use --group",
+                _ => {
+                    "emshap-ci sets it: a pull reads a fixed window and commits only with --commit"
+                }
+            };
+            return Err(Error::usage(
+                format!("kafka property {key} ({origin})"),
+                format!("emshap-ci owns it ({instead})"),
+            ));
+        }
+        if let Some((_, env)) = SECRET_PROPERTIES.iter().find(|(k, _)| k == key) {
+            return Err(Error::usage(
+                format!("kafka property {key} ({origin})"),
+                format!(
+                    "a secret is never taken from a file or the command line: set {env} instead"
+                ),
+            ));
+        }
+        if key.trim().is_empty() || key.contains(char::is_whitespace) {
+            return Err(Error::usage(
+                format!("kafka property `{key}` ({origin})"),
+                "not a property name",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The secret properties the environment sets.
+pub fn secrets_from_env() -> std::collections::BTreeMap<String, String> {
+    SECRET_PROPERTIES
+        .iter()
+        .filter_map(|(k, env)| {
+            std::env::var(env)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| (k.to_string(), v))
+        })
+        .collect()
 }
 
 impl KafkaConfig {
@@ -35,6 +136,13 @@ impl KafkaConfig {
     }
 
     fn client_err(&self, what: &str, e: KafkaError) -> Error {
+        // librdkafka refuses a property before it talks to anyone: a setting to fix.
+        if matches!(e, KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)) {
+            return Error::usage(
+                "kafka client properties",
+                format!("{what}: {e} (check [kafka.properties] and --kafka-property)"),
+            );
+        }
         let hint = match e.rdkafka_error_code() {
             Some(
                 RDKafkaErrorCode::BrokerTransportFailure
@@ -53,6 +161,9 @@ impl KafkaConfig {
             .set("client.id", "emshap-ci")
             .set("socket.timeout.ms", ms(self.timeout).max(10).to_string())
             .set("log_level", "3");
+        for (k, v) in self.properties.iter().chain(&self.secrets) {
+            c.set(k, v);
+        }
         c
     }
 }
@@ -583,5 +694,33 @@ pub fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Resul
             format!("no answer creating topic '{topic}'"),
             "check the broker's log",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_and_secret_properties_are_refused_and_secrets_never_print() {
+        let props = |k: &str| std::collections::BTreeMap::from([(k.to_string(), "x".to_string())]);
+        assert!(check_properties(&props("fetch.min.bytes"), "t").is_ok());
+        let e = check_properties(&props("group.id"), "--kafka-property").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--group"), "{e}");
+        let e = check_properties(&props("sasl.password"), "--kafka-property").unwrap_err();
+        assert!(
+            e.to_string().contains("EMSHAP_CI_KAFKA_SASL_PASSWORD"),
+            "{e}"
+        );
+        let c = KafkaConfig {
+            secrets: std::collections::BTreeMap::from([(
+                "sasl.password".to_string(),
+                "hunter2".to_string(),
+            )]),
+            ..Default::default()
+        };
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2") && s.contains("sasl.password"), "{s}");
     }
 }

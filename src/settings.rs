@@ -129,6 +129,51 @@ pub struct KafkaSection {
     pub brokers: Option<String>,
     pub group: Option<String>,
     pub timeout_secs: Option<f64>,
+    /// librdkafka client properties (`[kafka.properties]`).
+    pub properties: Option<std::collections::BTreeMap<String, toml::Value>>,
+}
+
+/// The Kafka connection: brokers, group and timeout as resolved, the client properties of
+/// the file under those of `--kafka-property` (each checked), and the secrets from the
+/// environment.
+fn kafka_config(
+    brokers: String,
+    group: Option<String>,
+    timeout_secs: Option<f64>,
+    flags: &[String],
+    file: &ConfigFile,
+) -> Result<KafkaConfig> {
+    let mut properties = std::collections::BTreeMap::new();
+    if let Some(table) = &file.kafka.properties {
+        let from_file: std::collections::BTreeMap<String, String> = table
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        crate::kafka::check_properties(&from_file, "[kafka.properties] in the config file")?;
+        properties.extend(from_file);
+    }
+    let mut from_flags = std::collections::BTreeMap::new();
+    for kv in flags {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::usage("--kafka-property", format!("`{kv}` is not KEY=VALUE")))?;
+        from_flags.insert(k.trim().to_string(), v.to_string());
+    }
+    crate::kafka::check_properties(&from_flags, "--kafka-property")?;
+    properties.extend(from_flags);
+    Ok(KafkaConfig {
+        brokers,
+        group,
+        timeout: timeout(timeout_secs.or(file.kafka.timeout_secs))?,
+        properties,
+        secrets: crate::kafka::secrets_from_env(),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,11 +366,13 @@ pub fn resolve_generate(args: &GenerateArgs, file: &ConfigFile) -> Result<Genera
                 return Err(Error::usage("--partitions", "must be at least 1"));
             }
             GenerateTarget::Kafka {
-                kafka: KafkaConfig {
+                kafka: kafka_config(
                     brokers,
-                    group: None,
-                    timeout: timeout(args.kafka_timeout.or(file.kafka.timeout_secs))?,
-                },
+                    None,
+                    args.kafka_timeout,
+                    &args.kafka_property,
+                    file,
+                )?,
                 topic: topic.clone(),
                 partitions,
             }
@@ -437,11 +484,13 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
     };
     Ok(PullSettings {
         source,
-        kafka: KafkaConfig {
+        kafka: kafka_config(
             brokers,
             group,
-            timeout: timeout(args.kafka_timeout.or(file.kafka.timeout_secs))?,
-        },
+            args.kafka_timeout,
+            &args.kafka_property,
+            file,
+        )?,
         window,
         features,
         out: args

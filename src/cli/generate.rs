@@ -46,4 +46,14 @@ pub struct GenerateArgs {
     /// Kafka request timeout in seconds (default 30).
     #[arg(long, env = "EMSHAP_CI_KAFKA_TIMEOUT")]
     pub kafka_timeout: Option<f64>,
+
+    /// A librdkafka client property, KEY=VALUE (repeatable; e.g. security.protocol=SASL_SSL).
+    /// Properties emshap-ci owns, and secrets, are refused: secrets come only from the
+    /// environment (EMSHAP_CI_KAFKA_SASL_PASSWORD and the like).
+    #[arg(
+        long = "kafka-property",
+        env = "EMSHAP_CI_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
+    pub kafka_property: Vec<String>,
 }

@@ -58,6 +58,16 @@ pub struct PullArgs {
     #[arg(long, env = "EMSHAP_CI_KAFKA_TIMEOUT")]
     pub kafka_timeout: Option<f64>,
 
+    /// A librdkafka client property, KEY=VALUE (repeatable; e.g. security.protocol=SASL_SSL).
+    /// Properties emshap-ci owns, and secrets, are refused: secrets come only from the
+    /// environment (EMSHAP_CI_KAFKA_SASL_PASSWORD and the like).
+    #[arg(
+        long = "kafka-property",
+        env = "EMSHAP_CI_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
+    pub kafka_property: Vec<String>,
+
     /// Decoding threads (default: the number of cores).
     #[arg(long, env = "EMSHAP_CI_WORKERS")]
     pub workers: Option<usize>,

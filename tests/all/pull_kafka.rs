@@ -501,3 +501,64 @@ fn kafka_confluent_schema_registry_framing_is_read() {
     );
     assert_exit(&o, 4);
 }
+
+/// Client properties reach librdkafka (a real one is used; a misspelt one is a settings
+/// error, exit 2); the ones emshap-ci owns and secrets are refused, and a refused secret's
+/// value is printed nowhere.
+#[test]
+fn kafka_client_properties_pass_through_and_owned_or_secret_ones_are_refused() {
+    let t = Tansu::start();
+    t.generate("props", &["--rows", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("emshap-ci.toml"),
+        "[kafka.properties]\n\"fetch.min.bytes\" = 1\n\"security.protocol\" = \"plaintext\"\n",
+    )
+    .unwrap();
+    let c = pulled(
+        &t,
+        d,
+        "props",
+        "ok",
+        &["--kafka-property", "reconnect.backoff.ms=50"],
+    );
+    assert_eq!(c["messages"], 300);
+    let o = pull(
+        &t,
+        d,
+        "props",
+        "typo",
+        &["--kafka-property", "fetch.min.bytez=1"],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("fetch.min.bytez"), "{}", stderr(&o));
+    let o = pull(
+        &t,
+        d,
+        "props",
+        "owned",
+        &["--kafka-property", "group.id=mine"],
+    );
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("emshap-ci owns it (use --group)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pull(
+        &t,
+        d,
+        "props",
+        "secret",
+        &["--kafka-property", "sasl.password=hunter2"],
+    );
+    assert_exit(&o, 2);
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(err.contains("EMSHAP_CI_KAFKA_SASL_PASSWORD"), "{err}");
+    assert!(
+        !out.contains("hunter2") && !err.contains("hunter2"),
+        "{out}{err}"
+    );
+    assert!(!d.join("typo").exists() && !d.join("owned").exists() && !d.join("secret").exists());
+}
