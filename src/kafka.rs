@@ -137,7 +137,10 @@ impl KafkaConfig {
 
     fn client_err(&self, what: &str, e: KafkaError) -> Error {
         // librdkafka refuses a property before it talks to anyone: a setting to fix.
-        if matches!(e, KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)) {
+        if matches!(
+            e,
+            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)
+        ) {
             return Error::usage(
                 "kafka client properties",
                 format!("{what}: {e} (check [kafka.properties] and --kafka-property)"),

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::github::Stand;
+use crate::harness::Stand;
 
 const TAG: &str = "v0.0.1-test";
 const ASSET: &str = "emshap-ci-v0.0.1-test-x86_64-unknown-linux-gnu.tar.gz";

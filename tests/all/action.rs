@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::github::Stand;
+use crate::harness::Stand;
 
 fn action(dir: &Path, mode: &str, extra: &[(&str, String)]) -> Output {
     let mut c = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/action.sh"));

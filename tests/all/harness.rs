@@ -1,6 +1,7 @@
 //! The shared test harness: the emshap-ci binary, a real Tansu broker and a real S3-compatible
 //! server (moto, through tests/servers/s3_server.py) on 127.0.0.1 at free ports, stopped when
-//! dropped, and a TCP proxy that can cut a connection the way a dying server does. The
+//! dropped, a stand-in for the GitHub REST API (`Stand`, a real HTTP server that serves
+//! scripted replies and records every request), and a TCP proxy that can cut a connection the way a dying server does. The
 //! servers come from scripts/setup.sh --test (EMSHAP_CI_TANSU, EMSHAP_CI_MOTO_PYTHON); a test
 //! that needs one fails, never skips, when it is missing.
 
@@ -534,4 +535,201 @@ pub fn read_split(path: &Path) -> Split {
         }
     }
     s
+}
+
+// --- The GitHub REST API stand-in --------------------------------------------------------
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub auth: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// One scripted reply: status, extra headers, JSON body.
+pub type Reply = (u16, Vec<(String, String)>, serde_json::Value);
+
+type Handler = dyn Fn(&Request, &mut State) -> Reply + Send;
+
+/// What the stand-in remembers between requests: the PR's comments.
+#[derive(Default)]
+pub struct State {
+    pub comments: Vec<serde_json::Value>,
+    pub next_id: u64,
+    /// Replies served before the handler, for scripted failures.
+    pub queued: VecDeque<(String, Reply)>,
+    /// Files served as they are to `GET <path>` (release assets), before anything else.
+    pub files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+pub struct Stand {
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<Request>>>,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl Stand {
+    pub fn start(handler: Box<Handler>) -> Stand {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(Mutex::new(State {
+            next_id: 1000,
+            ..Default::default()
+        }));
+        let (reqs, st) = (requests.clone(), state.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                let (mut len, mut auth) = (0usize, None);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    let (k, v) = h.split_once(':').unwrap_or((&h, ""));
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "content-length" => len = v.trim().parse().unwrap_or(0),
+                        "authorization" => auth = Some(v.trim().to_string()),
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let req = Request {
+                    method,
+                    path,
+                    auth,
+                    body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                };
+                reqs.lock().unwrap().push(req.clone());
+                let file = st.lock().unwrap().files.get(&req.path).cloned();
+                if let Some(bytes) = file.filter(|_| req.method == "GET") {
+                    let mut out = conn;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        bytes.len()
+                    );
+                    let _ = out.write_all(head.as_bytes());
+                    let _ = out.write_all(&bytes);
+                    continue;
+                }
+                let (status, headers, json) = {
+                    let mut s = st.lock().unwrap();
+                    let key = format!("{} {}", req.method, req.path);
+                    match s
+                        .queued
+                        .iter()
+                        .position(|(k, _)| key.starts_with(k.as_str()))
+                    {
+                        Some(i) => s.queued.remove(i).unwrap().1,
+                        None => handler(&req, &mut s),
+                    }
+                };
+                let text = json.to_string();
+                let mut out = conn;
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    text.len()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                let _ = out.write_all(format!("{head}\r\n{text}").as_bytes());
+            }
+        });
+        Stand {
+            url,
+            requests,
+            state,
+        }
+    }
+
+    /// A GitHub with one repository and one PR (#7), whose comments it keeps.
+    pub fn github(login_status: u16) -> Stand {
+        Stand::start(Box::new(move |req, s| {
+            let ok = |v| (200, vec![], v);
+            let path = req.path.split('?').next().unwrap_or("").to_string();
+            match (req.method.as_str(), path.as_str()) {
+                ("GET", "/user") if login_status == 200 => {
+                    ok(serde_json::json!({"login": "ci-bot"}))
+                }
+                ("GET", "/user") => (
+                    login_status,
+                    vec![],
+                    serde_json::json!({"message": "Resource not accessible by integration"}),
+                ),
+                ("GET", "/repos/acme/power/issues/7/comments") => {
+                    ok(serde_json::Value::Array(s.comments.clone()))
+                }
+                ("POST", "/repos/acme/power/issues/7/comments") => {
+                    s.next_id += 1;
+                    let c = serde_json::json!({
+                        "id": s.next_id, "body": req.body["body"], "user": {"login": "ci-bot"},
+                        "html_url": format!("https://github.example/acme/power/pull/7#issuecomment-{}", s.next_id)
+                    });
+                    s.comments.push(c.clone());
+                    (201, vec![], c)
+                }
+                (m, p) if p.starts_with("/repos/acme/power/issues/comments/") => {
+                    let id: u64 = p.rsplit('/').next().unwrap().parse().unwrap();
+                    let Some(i) = s.comments.iter().position(|c| c["id"] == id) else {
+                        return (404, vec![], serde_json::json!({"message": "Not Found"}));
+                    };
+                    if m == "DELETE" {
+                        s.comments.remove(i);
+                        return (204, vec![], serde_json::Value::Null);
+                    }
+                    s.comments[i]["body"] = req.body["body"].clone();
+                    ok(s.comments[i].clone())
+                }
+                ("POST", "/repos/acme/power/actions/workflows/deploy.yml/dispatches") => {
+                    (204, vec![], serde_json::Value::Null)
+                }
+                ("POST", p) if p.starts_with("/repos/acme/power/actions/workflows/") => {
+                    (404, vec![], serde_json::json!({"message": "Not Found"}))
+                }
+                _ => (404, vec![], serde_json::json!({"message": "Not Found"})),
+            }
+        }))
+    }
+
+    /// Serves `reply` once, to the next request whose "METHOD /path" starts with `route`.
+    pub fn queue(&self, route: String, reply: Reply) {
+        self.state.lock().unwrap().queued.push_back((route, reply));
+    }
+
+    /// Serves `bytes` to every `GET path`.
+    pub fn serve_file(&self, path: String, bytes: Vec<u8>) {
+        self.state.lock().unwrap().files.insert(path, bytes);
+    }
+
+    /// The first POST it received.
+    pub fn first_post(&self) -> Request {
+        self.requests()
+            .into_iter()
+            .find(|r| r.method == "POST")
+            .expect("a POST request")
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn comments(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().comments.clone()
+    }
 }

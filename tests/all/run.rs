@@ -9,7 +9,7 @@ use std::process::Output;
 
 use emshap_ci::store::Store;
 
-use crate::github::Stand;
+use crate::harness::Stand;
 use crate::harness::{bin, S3Server, Tansu};
 
 const TOKEN: &str = "ghs_runChainTokenThatMustNeverBePrinted03";
