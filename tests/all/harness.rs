@@ -1,8 +1,8 @@
 //! The shared test harness: the emshap-ci binary, a real Tansu broker and a real S3-compatible
 //! server (moto, through tests/servers/s3_server.py) on 127.0.0.1 at free ports, stopped when
 //! dropped, a stand-in for the GitHub REST API (`Stand`, a real HTTP server that serves
-//! scripted replies and records every request), and a TCP proxy that can cut a connection the way a dying server does. The
-//! servers come from scripts/setup.sh --test (EMSHAP_CI_TANSU, EMSHAP_CI_MOTO_PYTHON); a test
+//! scripted replies and records every request), and a TCP proxy that can cut a connection
+//! the way a dying server does. The servers come from scripts/setup.sh --test (EMSHAP_CI_TANSU, EMSHAP_CI_MOTO_PYTHON); a test
 //! that needs one fails, never skips, when it is missing.
 
 use std::net::{TcpListener, TcpStream};
