@@ -41,58 +41,9 @@ pub fn plain_bin() -> Command {
     c
 }
 
-/// The same helpers with real training: emshap-ci starts the emshap-ci-train built beside
-/// it (`cargo nextest run --workspace --all-features` builds it).
-#[cfg(feature = "real-training")]
-pub mod real {
-    use std::path::Path;
-    use std::process::{Command, Output, Stdio};
-
-    pub use super::*;
-
-    pub fn bin() -> Command {
-        super::plain_bin()
-    }
-
-    pub fn run(dir: &Path, args: &[&str]) -> Output {
-        bin()
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("emshap-ci runs")
-    }
-
-    pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
-        bin()
-            .args(args)
-            .env(key, value)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("emshap-ci runs")
-    }
-
-    pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "train",
-            model,
-            "--data",
-            "data",
-            "--out",
-            out,
-            "--threads",
-            "2",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        run(dir, &args)
-    }
-}
-
-/// Runs emshap-ci with `args` in `dir`.
-pub fn run(dir: &Path, args: &[&str]) -> Output {
-    bin()
+/// Runs `command` with `args` in `dir`, stdin closed.
+pub fn output(mut command: Command, dir: &Path, args: &[&str]) -> Output {
+    command
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -100,27 +51,8 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
         .expect("emshap-ci runs")
 }
 
-/// Runs `emshap-ci pull --source file:INPUT --out OUT EXTRA..` in `dir`.
-pub fn pull_file(dir: &Path, input: &str, out: &str, extra: &[&str]) -> Output {
-    let source = format!("file:{input}");
-    let mut args = vec!["pull", "--source", &source, "--out", out];
-    args.extend_from_slice(extra);
-    run(dir, &args)
-}
-
-/// Runs emshap-ci with `args` and one environment variable set.
-pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
-    bin()
-        .args(args)
-        .env(key, value)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("emshap-ci runs")
-}
-
-/// Runs `emshap-ci train MODEL --data data --out OUT --threads 2 -q EXTRA..` in `dir`.
-pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
+/// `train MODEL --data data --out OUT --threads 2 -q EXTRA..`.
+fn train_args<'a>(model: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "train",
         model,
@@ -133,7 +65,60 @@ pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output
         "-q",
     ];
     args.extend_from_slice(extra);
+    args
+}
+
+/// The same helpers with real training: emshap-ci starts the emshap-ci-train built beside
+/// it (`cargo nextest run --workspace --all-features` builds it).
+#[cfg(feature = "real-training")]
+pub mod real {
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    pub use super::*;
+
+    pub fn bin() -> Command {
+        super::plain_bin()
+    }
+
+    pub fn run(dir: &Path, args: &[&str]) -> Output {
+        output(bin(), dir, args)
+    }
+
+    pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
+        let mut c = bin();
+        c.env(key, value);
+        output(c, dir, args)
+    }
+
+    pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
+        run(dir, &super::train_args(model, out, extra))
+    }
+}
+
+/// Runs emshap-ci with `args` in `dir`.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    output(bin(), dir, args)
+}
+
+/// Runs `emshap-ci pull --source file:INPUT --out OUT EXTRA..` in `dir`.
+pub fn pull_file(dir: &Path, input: &str, out: &str, extra: &[&str]) -> Output {
+    let source = format!("file:{input}");
+    let mut args = vec!["pull", "--source", &source, "--out", out];
+    args.extend_from_slice(extra);
     run(dir, &args)
+}
+
+/// Runs emshap-ci with `args` and one environment variable set.
+pub fn run_env(dir: &Path, args: &[&str], key: &str, value: &str) -> Output {
+    let mut c = bin();
+    c.env(key, value);
+    output(c, dir, args)
+}
+
+/// Runs `emshap-ci train MODEL --data data --out OUT --threads 2 -q EXTRA..` in `dir`.
+pub fn train_model(dir: &Path, model: &str, out: &str, extra: &[&str]) -> Output {
+    run(dir, &train_args(model, out, extra))
 }
 
 /// A JSON file, parsed.
