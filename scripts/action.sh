@@ -31,6 +31,11 @@ done
 if [ -n "${EMSHAP_CI_BROKERS:-}" ]; then
   export EMSHAP_CI_SOURCE="kafka:${EMSHAP_CI_KAFKA_TOPIC:-raw_metrics}"
 fi
+# The kafka-properties input has one KEY=VALUE a line; the binary takes them `;`-separated.
+if [ -n "${EMSHAP_CI_KAFKA_PROPERTIES:-}" ]; then
+  EMSHAP_CI_KAFKA_PROPERTIES=$(printf '%s' "$EMSHAP_CI_KAFKA_PROPERTIES" | tr '\n' ';')
+  export EMSHAP_CI_KAFKA_PROPERTIES
+fi
 if [ "${EMSHAP_CI_FORCE:-false}" != true ]; then unset EMSHAP_CI_FORCE; fi
 if [ "$mode" = pr ]; then
   # A pull request never forces and never moves production.

@@ -159,7 +159,7 @@ fn kafka_config(
         properties.extend(from_file);
     }
     let mut from_flags = std::collections::BTreeMap::new();
-    for kv in flags {
+    for kv in flags.iter().filter(|kv| !kv.trim().is_empty()) {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| Error::usage("--kafka-property", format!("`{kv}` is not KEY=VALUE")))?;
