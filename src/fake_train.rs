@@ -98,13 +98,7 @@ fn least_squares(rows: &[Vec<f64>], y: &[f64]) -> (Vec<f64>, f64) {
 }
 
 fn raw(split: &Split, snap: &Snapshot) -> Vec<f32> {
-    let d = split.d;
-    split
-        .x
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (f64::from(v) * snap.scaler.std[i % d] + snap.scaler.mean[i % d]) as f32)
-        .collect()
+    data::raw_features(&split.x, &snap.scaler)
 }
 
 fn mean_sd(y: &[f32]) -> (f64, f64) {

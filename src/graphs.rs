@@ -153,11 +153,7 @@ impl Stamp {
 
     /// The same standardisation on the CPU, as the graph computes it.
     pub fn standardise(&self, raw: &[f32]) -> Vec<f32> {
-        let d = self.d();
-        raw.iter()
-            .enumerate()
-            .map(|(i, &v)| (v - self.mean[i % d] as f32) / self.std[i % d] as f32)
-            .collect()
+        crate::train::data::standardise_like_graph(raw, &self.mean, &self.std)
     }
 }
 

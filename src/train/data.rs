@@ -204,6 +204,25 @@ fn read_split(path: &Path, features: &[String]) -> Result<Split> {
     Ok(Split { x, y, n, d })
 }
 
+/// Raw features back from standardised ones, `x · std + mean` (what the service sends the
+/// graphs).
+pub fn raw_features(x: &[f32], scaler: &Scaler) -> Vec<f32> {
+    let d = scaler.mean.len();
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| (f64::from(v) * scaler.std[i % d] + scaler.mean[i % d]) as f32)
+        .collect()
+}
+
+/// `(raw − mean) / std` in f32, exactly as the graphs' scaler nodes compute it.
+pub fn standardise_like_graph(raw: &[f32], mean: &[f64], std: &[f64]) -> Vec<f32> {
+    let d = mean.len();
+    raw.iter()
+        .enumerate()
+        .map(|(i, &v)| (v - mean[i % d] as f32) / std[i % d] as f32)
+        .collect()
+}
+
 /// The bundled fixture pulled into `dir/data` and loaded (for unit tests, here and in the
 /// trainer).
 #[doc(hidden)]

@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::data::{self, Snapshot, Split};
 use super::fit::{self, Trainee};
-use super::power::{proof_rows, raw_features, sample_rows, standardise_like_graph};
+use super::power::{proof_rows, sample_rows};
 use super::tensors::{self, Comparison};
 use super::{
     EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX,
@@ -833,8 +833,8 @@ fn prove(
 ) -> Result<super::Proof> {
     let rows = proof_rows(snap);
     let (n, d, k, m) = (rows.n, rows.d, s.proposals, s.mixtures);
-    let raw = raw_features(&rows.x, snap);
-    let xs = standardise_like_graph(&raw, snap);
+    let raw = data::raw_features(&rows.x, &snap.scaler);
+    let xs = data::standardise_like_graph(&raw, &snap.scaler.mean, &snap.scaler.std);
     let mut draws = fixed_draws(s.common.seed ^ 0x9f00f, n, k, d, 0.5);
     let cdf = tch::no_grad(|| {
         let mut all = Vec::with_capacity(n * d * m);

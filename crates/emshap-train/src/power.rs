@@ -199,24 +199,6 @@ fn folded(l: &nn::Linear, bn: Option<&nn::BatchNorm>) -> (Tensor, Tensor) {
     }
 }
 
-/// The same standardisation on the CPU, for the libtorch side of the proof.
-pub fn standardise_like_graph(raw: &[f32], snap: &Snapshot) -> Vec<f32> {
-    let d = snap.scaler.mean.len();
-    raw.iter()
-        .enumerate()
-        .map(|(i, &v)| (v - snap.scaler.mean[i % d] as f32) / snap.scaler.std[i % d] as f32)
-        .collect()
-}
-
-/// Raw features back from standardised ones (what the service will send the graph).
-pub fn raw_features(x: &[f32], snap: &Snapshot) -> Vec<f32> {
-    let d = snap.scaler.mean.len();
-    x.iter()
-        .enumerate()
-        .map(|(i, &v)| (f64::from(v) * snap.scaler.std[i % d] + snap.scaler.mean[i % d]) as f32)
-        .collect()
-}
-
 /// DESIGN §5's `power_predictor.onnx`, built by the core from the net's weights (batch
 /// norm folded in).
 fn export(net: &Net, snap: &Snapshot, y_scale: (f64, f64), sha: &str) -> Vec<u8> {
@@ -359,7 +341,7 @@ fn prove(
     device: Device,
 ) -> Result<super::Proof> {
     let rows = proof_rows(snap);
-    let raw = raw_features(&rows.x, snap);
+    let raw = data::raw_features(&rows.x, &snap.scaler);
     let out = onnx::run(
         model,
         vec![(
@@ -371,7 +353,12 @@ fn prove(
         )],
         threads,
     )?;
-    let xs = tensors::matrix(&standardise_like_graph(&raw, snap), rows.n, rows.d, device);
+    let xs = tensors::matrix(
+        &data::standardise_like_graph(&raw, &snap.scaler.mean, &snap.scaler.std),
+        rows.n,
+        rows.d,
+        device,
+    );
     let want = tch::no_grad(|| net.forward_t(&xs, false)) * y_scale.1 + y_scale.0;
     let mut cmp = Comparison::default();
     cmp.add(
