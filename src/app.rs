@@ -195,16 +195,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, from: &str)
 /// `report`: the evaluation as markdown (report.md, and the job summary in Actions).
 pub fn report(args: &crate::cli::report::ReportArgs, config: &ConfigFile) -> Result<Outcome> {
     use crate::cli::report::Limit;
-    let eval = args
-        .eval
-        .clone()
-        .or_else(|| config.evaluate.out.clone())
-        .unwrap_or_else(|| "work/eval".into());
-    let models = args
-        .models
-        .clone()
-        .or_else(|| config.train.out.clone())
-        .unwrap_or_else(|| "work/models".into());
+    let eval = config.evaluate.eval_dir(args.eval.as_ref());
+    let models = config.train.models_dir(args.models.as_ref());
     let metrics: crate::evaluate::Metrics = read_json(
         &eval.join(crate::evaluate::METRICS_FILE),
         "metrics.json (evaluate)",
@@ -310,10 +302,9 @@ pub fn comment(args: &crate::cli::github::CommentArgs, config: &ConfigFile) -> R
         .or(facts.workflow)
         .unwrap_or_else(|| "emshap-ci".into());
     let path = args.body.clone().unwrap_or_else(|| {
-        args.eval
-            .clone()
-            .or_else(|| config.evaluate.out.clone())
-            .unwrap_or_else(|| "work/eval".into())
+        config
+            .evaluate
+            .eval_dir(args.eval.as_ref())
             .join(crate::artifacts::REPORT_FILE)
     });
     let body = std::fs::read_to_string(&path).map_err(|e| Error::Io {
@@ -515,16 +506,8 @@ pub fn evaluate(
 pub fn publish(args: &crate::cli::store::PublishArgs, config: &ConfigFile) -> Result<Outcome> {
     let store = open_store(&args.store, config)?;
     let sha = sha_of(args.sha.as_deref())?;
-    let models = args
-        .models
-        .clone()
-        .or_else(|| config.train.out.clone())
-        .unwrap_or_else(|| "work/models".into());
-    let eval = args
-        .eval
-        .clone()
-        .or_else(|| config.evaluate.out.clone())
-        .unwrap_or_else(|| "work/eval".into());
+    let models = config.train.models_dir(args.models.as_ref());
+    let eval = config.evaluate.eval_dir(args.eval.as_ref());
     let mut files = Vec::new();
     for (origin, name, required) in crate::artifacts::version_files() {
         let dir = match origin {

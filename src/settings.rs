@@ -260,6 +260,31 @@ pub struct EmshapSection {
     pub energy_rows: Option<usize>,
 }
 
+impl TrainSection {
+    /// The snapshot folder: `flag`, else `[train] data`, else work/data.
+    pub fn data_dir(&self, flag: Option<&PathBuf>) -> PathBuf {
+        flag.or(self.data.as_ref())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("work/data"))
+    }
+
+    /// The model folder: `flag`, else `[train] out`, else work/models.
+    pub fn models_dir(&self, flag: Option<&PathBuf>) -> PathBuf {
+        flag.or(self.out.as_ref())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("work/models"))
+    }
+}
+
+impl EvaluateSection {
+    /// The evaluation folder: `flag`, else `[evaluate] out`, else work/eval.
+    pub fn eval_dir(&self, flag: Option<&PathBuf>) -> PathBuf {
+        flag.or(self.out.as_ref())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("work/eval"))
+    }
+}
+
 impl ConfigFile {
     /// The embedded defaults alone.
     pub fn embedded() -> Self {
@@ -570,16 +595,8 @@ fn resolve_common(
         .or_else(|| crate::facts::GitHubFacts::from_env().sha)
         .unwrap_or_else(|| "local".to_string());
     Ok(TrainSettings {
-        data: args
-            .data
-            .clone()
-            .or_else(|| file.data.clone())
-            .unwrap_or_else(|| PathBuf::from("work/data")),
-        out: args
-            .out
-            .clone()
-            .or_else(|| file.out.clone())
-            .unwrap_or_else(|| PathBuf::from("work/models")),
+        data: file.data_dir(args.data.as_ref()),
+        out: file.models_dir(args.out.as_ref()),
         epochs: positive(
             "--epochs",
             args.epochs.or(m.file_epochs).unwrap_or(m.epochs),
@@ -875,16 +892,8 @@ pub fn resolve_evaluate(
     };
     let threads = args.threads.unwrap_or_else(default_threads);
     Ok(crate::evaluate::EvaluateSettings {
-        data: args
-            .data
-            .clone()
-            .or_else(|| file.train.data.clone())
-            .unwrap_or_else(|| PathBuf::from("work/data")),
-        models: args
-            .models
-            .clone()
-            .or_else(|| file.train.out.clone())
-            .unwrap_or_else(|| PathBuf::from("work/models")),
+        data: file.train.data_dir(args.data.as_ref()),
+        models: file.train.models_dir(args.models.as_ref()),
         baseline: args.baseline.clone(),
         // The default store only when it exists: no store is a bootstrap, not an error.
         store: args.store.clone().or_else(|| {
@@ -895,11 +904,7 @@ pub fn resolve_evaluate(
         }),
         rules: load_gate(args.gate.as_deref().or(e.gate.as_deref()))?,
         force,
-        out: args
-            .out
-            .clone()
-            .or_else(|| e.out.clone())
-            .unwrap_or_else(|| PathBuf::from("work/eval")),
+        out: e.eval_dir(args.out.as_ref()),
         emshap_rows: positive(
             "--emshap-rows",
             args.emshap_rows.or(e.emshap_rows).unwrap_or(4096),
