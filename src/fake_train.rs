@@ -33,7 +33,7 @@ use emshap_ci::train::{
     EmshapSettings, EpochRecord, History, PowerSettings, Proof, TrainReport, EMSHAP_HISTORY,
     EMSHAP_ONNX, POWER_HISTORY, POWER_ONNX, PROOF_TOLERANCE,
 };
-use emshap_ci::trainer::{version_line, Job, JobFile, ResultFile, JOB_FORMAT, VERSION};
+use emshap_ci::trainer::{read_job, version_line, write_result, Job};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -560,19 +560,7 @@ fn main() {
         eprintln!("usage: emshap-ci-fake-train --job FILE --result FILE");
         std::process::exit(exit::USAGE);
     };
-    let job: Result<JobFile> = std::fs::read(&job_path)
-        .map_err(|e| Error::read(&job_path, e))
-        .and_then(|b| {
-            serde_json::from_slice::<JobFile>(&b)
-                .map_err(|e| Error::usage("training job", e.to_string()))
-        })
-        .and_then(|j| {
-            if j.format == JOB_FORMAT && j.version == VERSION {
-                Ok(j)
-            } else {
-                Err(Error::usage("training job", "another version's job"))
-            }
-        });
+    let job = read_job(&job_path);
     // A test can make the trainer die the way the kernel's OOM killer does.
     if std::env::var_os("EMSHAP_CI_FAKE_TRAIN_KILL").is_some() {
         // SAFETY: raise only sends a signal to this process.
@@ -584,11 +572,5 @@ fn main() {
         Job::Power(s) => train_power(s),
         Job::Emshap(s) => train_emshap(s),
     });
-    let code = result.as_ref().map_or_else(Error::exit_code, |_| exit::OK);
-    let bytes = serde_json::to_vec_pretty(&ResultFile::of(&result)).expect("serialisable");
-    if let Err(e) = std::fs::write(&result_path, bytes) {
-        eprintln!("error: {}", Error::write(&result_path, e));
-        std::process::exit(exit::USAGE);
-    }
-    std::process::exit(code);
+    std::process::exit(write_result(&result_path, &result));
 }

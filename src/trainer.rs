@@ -93,6 +93,46 @@ impl ResultFile {
     }
 }
 
+/// The trainer's side: reads the job file `emshap-ci` wrote, refusing one of another
+/// format or version.
+pub fn read_job(path: &Path) -> Result<JobFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::read(path, e))?;
+    let job: JobFile = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::usage(
+            "training job",
+            format!("{}: {e} (emshap-ci-train runs the jobs emshap-ci {VERSION} writes; use `emshap-ci train`)", path.display()),
+        )
+    })?;
+    if job.format != JOB_FORMAT || job.version != VERSION {
+        return Err(Error::usage(
+            "training job",
+            format!(
+                "{} is a {} job from emshap-ci {}, this trainer runs {JOB_FORMAT} from emshap-ci {VERSION} (install both from the same release)",
+                path.display(),
+                job.format,
+                job.version
+            ),
+        ));
+    }
+    Ok(job)
+}
+
+/// The trainer's side: writes `result` to `path` (atomically) and returns the exit code
+/// the trainer ends with.
+pub fn write_result(path: &Path, result: &Result<TrainReport>) -> i32 {
+    let code = result.as_ref().map_or_else(Error::exit_code, |_| exit::OK);
+    let written = serde_json::to_vec_pretty(&ResultFile::of(result))
+        .map_err(|e| Error::Internal(e.into()))
+        .and_then(|b| crate::fsutil::write_atomic(path, &b));
+    match written {
+        Ok(()) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
 /// `--version`'s line: what the check compares.
 pub fn version_line() -> String {
     format!("{TRAINER} {VERSION}")
@@ -179,6 +219,18 @@ pub fn check_version(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The trainer, located and its version checked once per process (`run` trains twice; the
+/// check starts the trainer, which costs libtorch's initialisation).
+fn checked_trainer() -> Result<PathBuf> {
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = CHECKED.get() {
+        return Ok(p.clone());
+    }
+    let bin = locate()?;
+    check_version(&bin)?;
+    Ok(CHECKED.get_or_init(|| bin).clone())
+}
+
 /// How a process ended, in words: "exit status 3", "killed by signal 9 (SIGKILL)".
 pub fn describe(status: &std::process::ExitStatus) -> String {
     #[cfg(unix)]
@@ -210,8 +262,7 @@ pub fn describe(status: &std::process::ExitStatus) -> String {
 /// Runs one training job in the trainer and returns its report, or the error it reported
 /// (kind, exit code and message kept).
 pub fn train(job: &Job, progress: &Progress) -> Result<TrainReport> {
-    let bin = locate()?;
-    check_version(&bin)?;
+    let bin = checked_trainer()?;
     let tmp = tempfile::Builder::new()
         .prefix("emshap-ci-train-")
         .tempdir()

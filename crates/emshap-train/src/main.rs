@@ -3,12 +3,11 @@
 //! `emshap-ci.train-result/1` JSON. Progress and log lines go to stderr, which the caller
 //! shares. Not meant to be run by hand; `--version` is what `emshap-ci` checks first.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Parser;
-use emshap_ci::error::{exit, Error, Result};
 use emshap_ci::progress::Progress;
-use emshap_ci::trainer::{Job, JobFile, ResultFile, JOB_FORMAT, VERSION};
+use emshap_ci::trainer::{read_job, write_result, Job};
 
 #[derive(Parser)]
 #[command(
@@ -23,28 +22,6 @@ struct Args {
     /// Where to write the result (emshap-ci.train-result/1 JSON).
     #[arg(long)]
     result: PathBuf,
-}
-
-fn read_job(path: &Path) -> Result<JobFile> {
-    let bytes = std::fs::read(path).map_err(|e| Error::read(path, e))?;
-    let job: JobFile = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::usage(
-            "training job",
-            format!("{}: {e} (emshap-ci-train runs the jobs emshap-ci {VERSION} writes; use `emshap-ci train`)", path.display()),
-        )
-    })?;
-    if job.format != JOB_FORMAT || job.version != VERSION {
-        return Err(Error::usage(
-            "training job",
-            format!(
-                "{} is a {} job from emshap-ci {}, this trainer runs {JOB_FORMAT} from emshap-ci {VERSION} (install both from the same release)",
-                path.display(),
-                job.format,
-                job.version
-            ),
-        ));
-    }
-    Ok(job)
 }
 
 fn main() {
@@ -63,18 +40,5 @@ fn main() {
             Job::Emshap(s) => emshap_train::train_emshap(s, &progress),
         }
     });
-    let file = ResultFile::of(&result);
-    let code = result.as_ref().map_or_else(Error::exit_code, |_| exit::OK);
-    let tmp = args.result.with_extension("json.tmp");
-    let written = serde_json::to_vec_pretty(&file)
-        .map_err(|e| Error::Internal(e.into()))
-        .and_then(|b| std::fs::write(&tmp, b).map_err(|e| Error::write(&tmp, e)))
-        .and_then(|()| {
-            std::fs::rename(&tmp, &args.result).map_err(|e| Error::write(&args.result, e))
-        });
-    if let Err(e) = written {
-        eprintln!("error: {e}");
-        std::process::exit(e.exit_code());
-    }
-    std::process::exit(code);
+    std::process::exit(write_result(&args.result, &result));
 }
