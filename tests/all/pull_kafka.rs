@@ -349,14 +349,15 @@ fn kafka_invalid_ratio_over_the_limit_is_exit_4_with_quarantine_and_no_snapshot(
     assert!(q.lines().all(|l| l.contains("\"topic\":\"r\"")));
 }
 
-#[test]
-fn kafka_independent_python_producer_then_pull() {
-    let t = Tansu::start();
+/// tests/python/produce_fv.py (confluent-kafka and Google's protobuf runtime) writes `n`
+/// good messages and two bad ones to `topic`.
+fn produce_python(t: &Tansu, topic: &str, n: usize, extra: &[&str]) {
     let python = std::env::var("EMSHAP_CI_PYTHON").expect("EMSHAP_CI_PYTHON from scripts/setup.sh");
     let root = env!("CARGO_MANIFEST_DIR");
     let o = std::process::Command::new(python)
         .arg(format!("{root}/tests/python/produce_fv.py"))
-        .args([&t.brokers, "py", "600", &format!("{root}/proto")])
+        .args([&t.brokers, topic, &n.to_string(), &format!("{root}/proto")])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -364,6 +365,12 @@ fn kafka_independent_python_producer_then_pull() {
         "python producer: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn kafka_independent_python_producer_then_pull() {
+    let t = Tansu::start();
+    produce_python(&t, "py", 600, &[]);
     let dir = tempfile::tempdir().unwrap();
     pulled(&t, dir.path(), "py", "s", &[]);
     let c = counts(dir.path(), "s");
@@ -426,24 +433,7 @@ fn kafka_group_commit_then_committed_window_reads_only_new_messages() {
 #[test]
 fn kafka_confluent_schema_registry_framing_is_read() {
     let t = Tansu::start();
-    let python = std::env::var("EMSHAP_CI_PYTHON").expect("EMSHAP_CI_PYTHON from scripts/setup.sh");
-    let root = env!("CARGO_MANIFEST_DIR");
-    let o = std::process::Command::new(python)
-        .arg(format!("{root}/tests/python/produce_fv.py"))
-        .args([
-            &t.brokers,
-            "sr",
-            "600",
-            &format!("{root}/proto"),
-            "--confluent",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "python producer: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    produce_python(&t, "sr", 600, &["--confluent"]);
     let dir = tempfile::tempdir().unwrap();
     // auto: 600 framed rows; the other-type one is refused, the bare one is read as bare.
     pulled(
