@@ -99,7 +99,7 @@ pub enum Error {
     /// An error `emshap-ci-train` reported, relayed as it was: its message and exit code.
     #[error("{message}")]
     Relayed {
-        kind: &'static str,
+        kind: String,
         code: i32,
         message: String,
     },
@@ -128,7 +128,7 @@ impl Error {
     }
 
     /// A short machine-readable kind, for `--output json`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &str {
         match self {
             Error::Usage { .. } => "usage",
             Error::Config { .. } => "config",
@@ -149,27 +149,8 @@ impl Error {
     /// The error another emshap-ci process reported as (`kind`, exit `code`, `message`),
     /// with its kind and exit code kept.
     pub fn relayed(kind: &str, code: i32, message: String) -> Self {
-        const KINDS: [&str; 12] = [
-            "not_production",
-            "output",
-            "usage",
-            "config",
-            "io",
-            "kafka",
-            "store",
-            "github",
-            "data_quality",
-            "gate_failed",
-            "trainer",
-            "internal",
-        ];
-        let kind = KINDS
-            .iter()
-            .find(|k| **k == kind)
-            .copied()
-            .unwrap_or("internal");
         Error::Relayed {
-            kind,
+            kind: kind.to_string(),
             code,
             message,
         }
