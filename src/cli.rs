@@ -5,6 +5,7 @@ pub mod evaluate;
 pub mod explain;
 pub mod generate;
 pub mod github;
+pub mod kafka;
 pub mod pull;
 pub mod report;
 pub mod run;

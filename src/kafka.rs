@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -14,6 +13,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
+
+pub mod security;
+pub use security::{Security, SecurityInput};
 
 /// How to reach the cluster.
 #[derive(Clone, Default)]
@@ -29,6 +31,8 @@ pub struct KafkaConfig {
     /// Secret properties, from the environment only (`EMSHAP_CI_KAFKA_SASL_PASSWORD`, …).
     /// Never printed: Debug shows their names.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// The checked protocol, SASL login and CA (already written into `properties`).
+    pub security: Security,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -39,6 +43,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("timeout", &self.timeout)
             .field("properties", &self.properties)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("security", &self.security)
             .finish()
     }
 }
@@ -175,6 +180,163 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(i32::MAX as u128) as u64
 }
 
+/// Why a connection cannot work, as librdkafka reported it (its error events and error
+/// log lines arrive on its own threads or during a poll).
+#[derive(Debug, Clone)]
+enum Refusal {
+    Login(String),
+    Tls(String),
+}
+
+/// The context of every client emshap-ci makes: it keeps the first refused login or failed
+/// TLS handshake, so an operation that then fails or times out says that instead of
+/// "timed out", and it hands librdkafka the OAUTHBEARER token (Amazon MSK IAM, signed with
+/// the AWS credential chain, or a token from `EMSHAP_CI_KAFKA_OAUTHBEARER_TOKEN`).
+pub struct Ctx {
+    security: Security,
+    refusal: std::sync::Arc<std::sync::Mutex<Option<Refusal>>>,
+}
+
+impl Ctx {
+    fn new(config: &KafkaConfig) -> Self {
+        Self {
+            security: config.security.clone(),
+            refusal: Default::default(),
+        }
+    }
+
+    fn note(&self, reason: &str) {
+        let lower = reason.to_ascii_lowercase();
+        let refusal = if lower.contains("ssl handshake")
+            || lower.contains("certificate verify")
+            || lower.contains("ssl: ")
+            || lower.contains("tls")
+        {
+            Refusal::Tls(reason.trim().to_string())
+        } else if lower.contains("authentication")
+            || lower.contains("sasl")
+            || lower.contains("oauthbearer token")
+        {
+            Refusal::Login(reason.trim().to_string())
+        } else {
+            return;
+        };
+        let mut slot = self.refusal.lock().expect("not poisoned");
+        slot.get_or_insert(refusal);
+    }
+}
+
+impl ClientContext for Ctx {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+            self.note(message);
+        }
+        tracing::debug!(target: "librdkafka", "{fac}: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                let mut slot = self.refusal.lock().expect("not poisoned");
+                slot.get_or_insert(Refusal::Login(reason.trim().to_string()));
+            }
+            Some(RDKafkaErrorCode::SSL) => {
+                let mut slot = self.refusal.lock().expect("not poisoned");
+                slot.get_or_insert(Refusal::Tls(reason.trim().to_string()));
+            }
+            _ => self.note(reason),
+        }
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> std::result::Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        let result = match &self.security.msk_region {
+            Some(region) => security::msk_iam_token(region)
+                .map(|(token, lifetime_ms)| rdkafka::client::OAuthToken {
+                    token,
+                    principal_name: "emshap-ci".to_string(),
+                    lifetime_ms,
+                })
+                .map_err(|e| format!("cannot sign an AWS_MSK_IAM token: {e}")),
+            None => match std::env::var("EMSHAP_CI_KAFKA_OAUTHBEARER_TOKEN") {
+                Ok(token) if !token.is_empty() => Ok(rdkafka::client::OAuthToken {
+                    token,
+                    principal_name: self
+                        .security
+                        .username
+                        .clone()
+                        .unwrap_or_else(|| "emshap-ci".to_string()),
+                    // librdkafka asks again before this; the issuer decides the real expiry.
+                    lifetime_ms: now_ms() + 3_600_000,
+                }),
+                _ => Err("OAUTHBEARER needs a token in EMSHAP_CI_KAFKA_OAUTHBEARER_TOKEN (or use the mechanism AWS_MSK_IAM)".to_string()),
+            },
+        };
+        result.map_err(|e| {
+            let mut slot = self.refusal.lock().expect("not poisoned");
+            slot.get_or_insert(Refusal::Login(e.clone()));
+            e.into()
+        })
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Ctx {}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl KafkaConfig {
+    /// The error for a refusal librdkafka reported: a login the brokers refused, or a TLS
+    /// handshake that failed, naming the login and the CA used.
+    fn refused(&self, refusal: &Refusal) -> Error {
+        let sec = &self.security;
+        match refusal {
+            Refusal::Login(reason) => self.err(
+                format!("authentication failed ({}): {reason}", sec.login()),
+                match sec.mechanism {
+                    Some(security::Mechanism::AwsMskIam) => {
+                        "check the AWS credentials and the cluster's IAM policy (kafka-cluster:Connect)"
+                    }
+                    Some(security::Mechanism::OAuthBearer) => {
+                        "check the token in EMSHAP_CI_KAFKA_OAUTHBEARER_TOKEN"
+                    }
+                    _ => "check the username and EMSHAP_CI_KAFKA_SASL_PASSWORD",
+                },
+            ),
+            Refusal::Tls(reason) => {
+                let lower = reason.to_ascii_lowercase();
+                if lower.contains("certificate verify") || lower.contains("unable to get") {
+                    self.err(
+                        format!(
+                            "TLS: the brokers' certificate did not verify against {}: {reason}",
+                            sec.ca_used()
+                        ),
+                        "give the CA that signed the brokers' certificate with --kafka-ca (EMSHAP_CI_KAFKA_CA)",
+                    )
+                } else {
+                    self.err(
+                        format!("TLS handshake failed ({}): {reason}", sec.ca_used()),
+                        if sec.client_certificate {
+                            "check the client certificate and its key (--kafka-client-certificate, --kafka-client-key)"
+                        } else {
+                            "do the brokers require a client certificate? set --kafka-client-certificate and --kafka-client-key; is the port a TLS listener?"
+                        },
+                    )
+                }
+            }
+        }
+    }
+}
+
 /// One partition's part of a window: offsets `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionRange {
@@ -198,7 +360,8 @@ impl PartitionRange {
 pub struct TopicReader {
     config: KafkaConfig,
     topic: String,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Ctx>,
+    refusal: std::sync::Arc<std::sync::Mutex<Option<Refusal>>>,
 }
 
 impl TopicReader {
@@ -215,14 +378,38 @@ impl TopicReader {
         .set("allow.auto.create.topics", "false")
         .set("fetch.wait.max.ms", "5")
         .set("fetch.queue.backoff.ms", "0");
-        let consumer: BaseConsumer = c
-            .create()
+        let ctx = Ctx::new(config);
+        let refusal = ctx.refusal.clone();
+        let consumer: BaseConsumer<Ctx> = c
+            .create_with_context(ctx)
             .map_err(|e| config.client_err("cannot create consumer", e))?;
         Ok(Self {
             config: config.clone(),
             topic: topic.to_string(),
             consumer,
+            refusal,
         })
+    }
+
+    /// The refusal librdkafka reported, if any, else `e` as `client_err` words it.
+    fn client_err(&self, what: &str, e: KafkaError) -> Error {
+        match self.refusal() {
+            Some(r) => r,
+            None => self.config.client_err(what, e),
+        }
+    }
+
+    /// The refusal librdkafka reported, if any, else this error.
+    fn err(&self, message: impl Into<String>, hint: impl Into<String>) -> Error {
+        match self.refusal() {
+            Some(r) => r,
+            None => self.config.err(message, hint),
+        }
+    }
+
+    fn refusal(&self) -> Option<Error> {
+        let r = self.refusal.lock().expect("not poisoned").clone();
+        r.map(|r| self.config.refused(&r))
     }
 
     pub fn topic(&self) -> &str {
@@ -231,15 +418,38 @@ impl TopicReader {
 
     /// The topic's partitions, sorted; a missing topic is an error.
     pub fn partitions(&self) -> Result<Vec<i32>> {
-        let md = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), self.config.timeout)
-            .map_err(|e| {
-                self.config.client_err(
-                    &format!("cannot read metadata of topic '{}'", self.topic),
-                    e,
-                )
-            })?;
+        // Asked in short slices, polling between them: a refused login or a failed TLS
+        // handshake is then reported at once instead of after the whole timeout.
+        let deadline = Instant::now() + self.config.timeout;
+        let md = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .consumer
+                .fetch_metadata(Some(&self.topic), left.min(Duration::from_millis(500)))
+            {
+                Ok(md) => break md,
+                Err(e) => {
+                    let _ = self.consumer.poll(Duration::ZERO);
+                    if let Some(r) = self.refusal() {
+                        return Err(r);
+                    }
+                    let retry = matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::OperationTimedOut
+                                | RDKafkaErrorCode::BrokerTransportFailure
+                                | RDKafkaErrorCode::AllBrokersDown
+                        )
+                    );
+                    if !retry || Instant::now() >= deadline {
+                        return Err(self.client_err(
+                            &format!("cannot read metadata of topic '{}'", self.topic),
+                            e,
+                        ));
+                    }
+                }
+            }
+        };
         let t = md
             .topics()
             .iter()
@@ -250,7 +460,7 @@ impl TopicReader {
             if code == RDKafkaErrorCode::UnknownTopicOrPartition || t.partitions().is_empty() {
                 return Err(self.missing_topic());
             }
-            return Err(self.config.err(
+            return Err(self.err(
                 format!("topic '{}': {code}", self.topic),
                 "check the broker's log",
             ));
@@ -264,7 +474,7 @@ impl TopicReader {
     }
 
     fn missing_topic(&self) -> Error {
-        self.config.err(
+        self.err(
             format!("topic '{}' does not exist", self.topic),
             "check --source kafka:TOPIC, or create the topic",
         )
@@ -302,22 +512,22 @@ impl TopicReader {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "5");
-        let consumer: BaseConsumer = c
-            .create()
-            .map_err(|e| self.config.client_err("cannot create consumer", e))?;
+        let consumer: BaseConsumer<Ctx> = c
+            .create_with_context(Ctx::new(&self.config))
+            .map_err(|e| self.client_err("cannot create consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         for &(k, from) in &probe {
             tpl.add_partition_offset(&self.topic, partitions[k], Offset::Offset(from))
-                .map_err(|e| self.config.client_err("bad partition list", e))?;
+                .map_err(|e| self.client_err("bad partition list", e))?;
         }
         consumer
             .assign(&tpl)
-            .map_err(|e| self.config.client_err("cannot assign partitions", e))?;
+            .map_err(|e| self.client_err("cannot assign partitions", e))?;
         let mut open: Vec<i32> = probe.iter().map(|&(k, _)| partitions[k]).collect();
         let deadline = Instant::now() + self.config.timeout;
         while !open.is_empty() {
             if Instant::now() > deadline {
-                return Err(self.config.err(
+                return Err(self.err(
                     format!(
                         "no answer reading the end of {} partitions {open:?} within {:?}",
                         self.topic, self.config.timeout
@@ -328,7 +538,7 @@ impl TopicReader {
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|&q| q != p),
-                Some(Err(e)) => return Err(self.config.client_err("fetch failed", e)),
+                Some(Err(e)) => return Err(self.client_err("fetch failed", e)),
                 Some(Ok(m)) => {
                     if let Some(k) = partitions.iter().position(|&q| q == m.partition()) {
                         marks[k].1 = marks[k].1.max(m.offset() + 1);
@@ -344,13 +554,13 @@ impl TopicReader {
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(ts_ms))
-                .map_err(|e| self.config.client_err("bad partition list", e))?;
+                .map_err(|e| self.client_err("bad partition list", e))?;
         }
         let found = self
             .consumer
             .offsets_for_times(tpl, self.config.timeout)
             .map_err(|e| {
-                self.config.client_err(
+                self.client_err(
                     &format!("cannot look up offsets by time in '{}'", self.topic),
                     e,
                 )
@@ -359,13 +569,13 @@ impl TopicReader {
             .iter()
             .map(|&p| {
                 let elem = found.find_partition(&self.topic, p).ok_or_else(|| {
-                    self.config.err(
+                    self.err(
                         format!("no answer for {}[{p}] in the time look-up", self.topic),
                         "check the broker's log",
                     )
                 })?;
                 if let Err(e) = elem.error() {
-                    return Err(self.config.client_err("time look-up", e));
+                    return Err(self.client_err("time look-up", e));
                 }
                 Ok(match elem.offset() {
                     Offset::Offset(o) if o >= 0 => Some(o),
@@ -384,7 +594,7 @@ impl TopicReader {
         let got = self
             .consumer
             .committed_offsets(tpl, self.config.timeout)
-            .map_err(|e| self.config.client_err("cannot read committed offsets", e))?;
+            .map_err(|e| self.client_err("cannot read committed offsets", e))?;
         Ok(partitions
             .iter()
             .map(
@@ -401,11 +611,11 @@ impl TopicReader {
         let mut tpl = TopicPartitionList::new();
         for r in ranges {
             tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.end))
-                .map_err(|e| self.config.client_err("bad partition list", e))?;
+                .map_err(|e| self.client_err("bad partition list", e))?;
         }
         self.consumer
             .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| self.config.client_err("cannot commit offsets", e))
+            .map_err(|e| self.client_err("cannot commit offsets", e))
     }
 
     /// Reads every message of `ranges` exactly once, calling `each(partition, offset,
@@ -431,7 +641,7 @@ impl TopicReader {
                 continue;
             }
             tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))
-                .map_err(|e| self.config.client_err("bad partition list", e))?;
+                .map_err(|e| self.client_err("bad partition list", e))?;
             slots.push(Slot {
                 partition: r.partition,
                 next: r.start,
@@ -446,7 +656,7 @@ impl TopicReader {
         }
         self.consumer
             .assign(&tpl)
-            .map_err(|e| self.config.client_err("cannot assign partitions", e))?;
+            .map_err(|e| self.client_err("cannot assign partitions", e))?;
         let mut remaining = slots.len();
         let mut last_progress = Instant::now();
         let assigned = Instant::now();
@@ -474,7 +684,7 @@ impl TopicReader {
                                 )
                             })
                             .collect();
-                        return Err(self.config.err(
+                        return Err(self.err(
                             format!(
                                 "no message for {:?}: {}",
                                 self.config.timeout,
@@ -499,7 +709,7 @@ impl TopicReader {
                     }
                     continue;
                 }
-                Some(Err(e)) => return Err(self.config.client_err("fetch failed", e)),
+                Some(Err(e)) => return Err(self.client_err("fetch failed", e)),
                 Some(Ok(m)) => m,
             };
             last_progress = Instant::now();
@@ -570,7 +780,7 @@ impl TopicReader {
                 Offset::Offset(slot.low),
                 self.config.timeout,
             )
-            .map_err(|e| self.config.client_err("cannot seek", e))
+            .map_err(|e| self.client_err("cannot seek", e))
     }
 }
 
@@ -578,9 +788,27 @@ impl TopicReader {
 struct CountingContext {
     failed: std::sync::atomic::AtomicU64,
     first: std::sync::Mutex<Option<String>>,
+    ctx: Ctx,
 }
 
-impl ClientContext for CountingContext {}
+impl ClientContext for CountingContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.ctx.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.ctx.error(error, reason)
+    }
+
+    fn generate_oauth_token(
+        &self,
+        config: Option<&str>,
+    ) -> std::result::Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.ctx.generate_oauth_token(config)
+    }
+}
 
 impl ProducerContext for CountingContext {
     type DeliveryOpaque = ();
@@ -616,6 +844,7 @@ impl TopicWriter {
             .create_with_context(CountingContext {
                 failed: Default::default(),
                 first: Default::default(),
+                ctx: Ctx::new(config),
             })
             .map_err(|e| config.client_err("cannot create producer", e))?;
         Ok(Self {
@@ -652,9 +881,17 @@ impl TopicWriter {
     pub fn finish(self) -> Result<u64> {
         self.producer
             .flush(self.config.timeout.max(Duration::from_secs(30)))
-            .map_err(|e| self.config.client_err("cannot flush produced messages", e))?;
+            .map_err(|e| {
+                match self.producer.context().ctx.refusal.lock().expect("not poisoned").clone() {
+                    Some(r) => self.config.refused(&r),
+                    None => self.config.client_err("cannot flush produced messages", e),
+                }
+            })?;
         let ctx = self.producer.context();
         let failed = ctx.failed.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = ctx.ctx.refusal.lock().expect("not poisoned").clone() {
+            return Err(self.config.refused(&r));
+        }
         if failed > 0 {
             let first = ctx.first.lock().expect("not poisoned").clone();
             return Err(self.config.err(
@@ -673,9 +910,11 @@ impl TopicWriter {
 
 /// Creates `topic` with `partitions` partitions unless it exists.
 pub fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<bool> {
-    let admin: AdminClient<DefaultClientContext> = config
+    let ctx = Ctx::new(config);
+    let refusal = ctx.refusal.clone();
+    let admin: AdminClient<Ctx> = config
         .base()
-        .create()
+        .create_with_context(ctx)
         .map_err(|e| config.client_err("cannot create admin client", e))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -685,7 +924,10 @@ pub fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Resul
     let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
     let results = rt
         .block_on(admin.create_topics(&topics, &opts))
-        .map_err(|e| config.client_err(&format!("cannot create topic '{topic}'"), e))?;
+        .map_err(|e| match refusal.lock().expect("not poisoned").clone() {
+            Some(r) => config.refused(&r),
+            None => config.client_err(&format!("cannot create topic '{topic}'"), e),
+        })?;
     match results.into_iter().next() {
         Some(Ok(_)) => Ok(true),
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),

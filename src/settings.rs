@@ -131,6 +131,15 @@ pub struct KafkaSection {
     pub timeout_secs: Option<f64>,
     /// librdkafka client properties (`[kafka.properties]`).
     pub properties: Option<std::collections::BTreeMap<String, toml::Value>>,
+    pub security_protocol: Option<String>,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    /// A PEM file's path or the PEM text.
+    pub ca: Option<String>,
+    pub client_certificate: Option<String>,
+    pub client_key: Option<String>,
+    /// For AWS_MSK_IAM (default: AWS_REGION, or the brokers' host names).
+    pub aws_region: Option<String>,
 }
 
 /// The Kafka connection: brokers, group and timeout as resolved, the client properties of
@@ -141,6 +150,7 @@ fn kafka_config(
     group: Option<String>,
     timeout_secs: Option<f64>,
     flags: &[String],
+    sec: &crate::cli::kafka::KafkaSecurityArgs,
     file: &ConfigFile,
 ) -> Result<KafkaConfig> {
     let mut properties = std::collections::BTreeMap::new();
@@ -167,12 +177,40 @@ fn kafka_config(
     }
     crate::kafka::check_properties(&from_flags, "--kafka-property")?;
     properties.extend(from_flags);
+    let k = &file.kafka;
+    let input = crate::kafka::SecurityInput {
+        protocol: sec
+            .kafka_security_protocol
+            .clone()
+            .or_else(|| k.security_protocol.clone()),
+        mechanism: sec
+            .kafka_sasl_mechanism
+            .clone()
+            .or_else(|| k.sasl_mechanism.clone()),
+        username: sec
+            .kafka_sasl_username
+            .clone()
+            .or_else(|| k.sasl_username.clone()),
+        ca: sec.kafka_ca.clone().or_else(|| k.ca.clone()),
+        client_certificate: sec
+            .kafka_client_certificate
+            .clone()
+            .or_else(|| k.client_certificate.clone()),
+        client_key: sec
+            .kafka_client_key
+            .clone()
+            .or_else(|| k.client_key.clone()),
+        aws_region: k.aws_region.clone(),
+    };
+    let secrets = crate::kafka::secrets_from_env();
+    let security = crate::kafka::security::resolve(&input, &mut properties, &secrets, &brokers)?;
     Ok(KafkaConfig {
         brokers,
         group,
         timeout: timeout(timeout_secs.or(file.kafka.timeout_secs))?,
         properties,
-        secrets: crate::kafka::secrets_from_env(),
+        secrets,
+        security,
     })
 }
 
@@ -396,6 +434,7 @@ pub fn resolve_generate(args: &GenerateArgs, file: &ConfigFile) -> Result<Genera
                     None,
                     args.kafka_timeout,
                     &args.kafka_property,
+                    &args.kafka_security,
                     file,
                 )?,
                 topic: topic.clone(),
@@ -514,6 +553,7 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
             group,
             args.kafka_timeout,
             &args.kafka_property,
+            &args.kafka_security,
             file,
         )?,
         window,

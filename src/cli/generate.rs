@@ -56,4 +56,7 @@ pub struct GenerateArgs {
         value_delimiter = ';'
     )]
     pub kafka_property: Vec<String>,
+
+    #[command(flatten)]
+    pub kafka_security: crate::cli::kafka::KafkaSecurityArgs,
 }

@@ -68,6 +68,9 @@ pub struct PullArgs {
     )]
     pub kafka_property: Vec<String>,
 
+    #[command(flatten)]
+    pub kafka_security: crate::cli::kafka::KafkaSecurityArgs,
+
     /// Decoding threads (default: the number of cores).
     #[arg(long, env = "EMSHAP_CI_WORKERS")]
     pub workers: Option<usize>,
