@@ -14,7 +14,10 @@
 # - ONNX Runtime = the onnxruntime==1.31.1 wheel's libonnxruntime.so, loaded by ort's
 #   `load-dynamic`; its path is compiled into the binary (build.rs), ORT_DYLIB_PATH overrides.
 # - Python (a venv): confluent-kafka and protobuf for the independent test producer, onnx.
-# - Tansu, the Kafka-compatible broker the tests start, from crates.io (pinned).
+# - Tansu, the Kafka-compatible broker the tests start, from crates.io (pinned), with its
+#   `libsql` feature: SCRAM users are kept only in its sqlite storage.
+# - stunnel4 (Debian), the TLS-terminating proxy the Kafka security tests put in front of
+#   Tansu (whose own TLS listener does not work), and openssl for their certificates.
 # - moto's S3 server (PyPI moto[server], pinned, its own venv), the S3-compatible server the
 #   tests start through tests/servers/s3_server.py; no MinIO binary can be installed here;
 #   zizmor (PyPI), the GitHub Actions security linter the tests run on the workflows; and
@@ -57,7 +60,7 @@ need() {
 need python3 python3
 need cc gcc
 need make make
-need perl perl   # librdkafka's configure
+need perl perl   # librdkafka's configure, and vendored OpenSSL's
 need curl curl   # install.sh downloads release assets
 
 # --- Python venv with the native-library wheels and the test tools -----------------------
@@ -116,12 +119,16 @@ if [ ! -f "$libtorch/.complete" ]; then
 fi
 
 # --- Tansu (test broker) -------------------------------------------------------------
-tansu="$cache/tansu-$TANSU_VERSION/bin/tansu"
+tansu="$cache/tansu-$TANSU_VERSION-libsql/bin/tansu"
 if [ "$with_test" = 1 ] && [ ! -x "$tansu" ]; then
   say "building tansu $TANSU_VERSION from crates.io (once; several minutes)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
-    --root "$cache/tansu-$TANSU_VERSION" --target-dir "$cache/tansu-build" >&2
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
+    --root "$cache/tansu-$TANSU_VERSION-libsql" --target-dir "$cache/tansu-build" >&2
   rm -rf "$cache/tansu-build"
+fi
+if [ "$with_test" = 1 ]; then
+  need stunnel4 stunnel4
+  need openssl openssl
 fi
 
 # --- cargo-deny (licence and source checks of the dependency graph) ---------------------

@@ -206,6 +206,7 @@ impl Ctx {
     }
 
     fn note(&self, reason: &str) {
+        let reason = &clean(reason);
         let lower = reason.to_ascii_lowercase();
         let refusal = if lower.contains("ssl handshake")
             || lower.contains("certificate verify")
@@ -241,11 +242,11 @@ impl ClientContext for Ctx {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
                 let mut slot = self.refusal.lock().expect("not poisoned");
-                slot.get_or_insert(Refusal::Login(reason.trim().to_string()));
+                slot.get_or_insert(Refusal::Login(clean(reason)));
             }
             Some(RDKafkaErrorCode::SSL) => {
                 let mut slot = self.refusal.lock().expect("not poisoned");
-                slot.get_or_insert(Refusal::Tls(reason.trim().to_string()));
+                slot.get_or_insert(Refusal::Tls(clean(reason)));
             }
             _ => self.note(reason),
         }
@@ -280,13 +281,30 @@ impl ClientContext for Ctx {
         };
         result.map_err(|e| {
             let mut slot = self.refusal.lock().expect("not poisoned");
-            slot.get_or_insert(Refusal::Login(e.clone()));
+            slot.get_or_insert(Refusal::Login(clean(&e)));
             e.into()
         })
     }
 }
 
 impl rdkafka::consumer::ConsumerContext for Ctx {}
+
+/// librdkafka's reason on one line, without its thread and broker prefixes
+/// (`[thrd:sasl_ssl://host:9093/bootstrap]: sasl_ssl://host:9093/bootstrap: `).
+fn clean(reason: &str) -> String {
+    let mut r = reason.trim();
+    if r.starts_with("[thrd:") {
+        if let Some((_, rest)) = r.split_once("]: ") {
+            r = rest;
+        }
+    }
+    if let Some((first, rest)) = r.split_once(": ") {
+        if first.contains("://") && !first.contains(' ') {
+            r = rest;
+        }
+    }
+    r.split_whitespace().collect::<Vec<_>>().join(" ")
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -882,7 +900,15 @@ impl TopicWriter {
         self.producer
             .flush(self.config.timeout.max(Duration::from_secs(30)))
             .map_err(|e| {
-                match self.producer.context().ctx.refusal.lock().expect("not poisoned").clone() {
+                match self
+                    .producer
+                    .context()
+                    .ctx
+                    .refusal
+                    .lock()
+                    .expect("not poisoned")
+                    .clone()
+                {
                     Some(r) => self.config.refused(&r),
                     None => self.config.client_err("cannot flush produced messages", e),
                 }
@@ -945,6 +971,19 @@ pub fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn librdkafka_reasons_lose_their_prefixes_and_line_breaks() {
+        assert_eq!(
+            clean("[thrd:sasl_ssl://127.0.0.1:9/bootstrap]: sasl_ssl://127.0.0.1:9/bootstrap: SASL authentication error: x (after 3ms)"),
+            "SASL authentication error: x (after 3ms)"
+        );
+        assert_eq!(
+            clean("no credentials.\n  Attempted:\n  env"),
+            "no credentials. Attempted: env"
+        );
+        assert_eq!(clean("SSL handshake failed: y"), "SSL handshake failed: y");
+    }
 
     #[test]
     fn owned_and_secret_properties_are_refused_and_secrets_never_print() {

@@ -13,9 +13,14 @@ fn main() {
     let gha = emshap_ci::gha::Actions::from_env();
     // Every secret it may be given is masked before anything else is printed.
     let kafka_secrets = emshap_ci::kafka::SECRET_PROPERTIES.map(|(_, env)| env);
-    for key in ["GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
-        .into_iter()
-        .chain(kafka_secrets)
+    for key in [
+        "GITHUB_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "EMSHAP_CI_KAFKA_OAUTHBEARER_TOKEN",
+    ]
+    .into_iter()
+    .chain(kafka_secrets)
     {
         if let Ok(v) = std::env::var(key) {
             gha.mask(&v);

@@ -201,7 +201,8 @@ fn kafka_config(
             .clone()
             .or_else(|| k.client_key.clone()),
         aws_region: k.aws_region.clone(),
-    };
+    }
+    .without_empty();
     let secrets = crate::kafka::secrets_from_env();
     let security = crate::kafka::security::resolve(&input, &mut properties, &secrets, &brokers)?;
     Ok(KafkaConfig {
@@ -389,7 +390,7 @@ pub struct GenerateSettings {
 pub enum GenerateTarget {
     File(PathBuf),
     Kafka {
-        kafka: KafkaConfig,
+        kafka: Box<KafkaConfig>,
         topic: String,
         partitions: i32,
     },
@@ -429,14 +430,14 @@ pub fn resolve_generate(args: &GenerateArgs, file: &ConfigFile) -> Result<Genera
                 return Err(Error::usage("--partitions", "must be at least 1"));
             }
             GenerateTarget::Kafka {
-                kafka: kafka_config(
+                kafka: Box::new(kafka_config(
                     brokers,
                     None,
                     args.kafka_timeout,
                     &args.kafka_property,
                     &args.kafka_security,
                     file,
-                )?,
+                )?),
                 topic: topic.clone(),
                 partitions,
             }

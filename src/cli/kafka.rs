@@ -21,11 +21,21 @@ pub struct KafkaSecurityArgs {
 
     /// The CA that signed the brokers' certificates: a PEM file's path or the PEM text
     /// (default: the system bundle).
-    #[arg(long, env = "EMSHAP_CI_KAFKA_CA", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EMSHAP_CI_KAFKA_CA",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub kafka_ca: Option<String>,
 
     /// A client certificate for mutual TLS: a PEM file's path or the PEM text.
-    #[arg(long, env = "EMSHAP_CI_KAFKA_CLIENT_CERTIFICATE", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EMSHAP_CI_KAFKA_CLIENT_CERTIFICATE",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub kafka_client_certificate: Option<String>,
 
     /// The client certificate's private key, a PEM file's path (the PEM text only through

@@ -68,9 +68,6 @@ pub struct PullArgs {
     )]
     pub kafka_property: Vec<String>,
 
-    #[command(flatten)]
-    pub kafka_security: crate::cli::kafka::KafkaSecurityArgs,
-
     /// Decoding threads (default: the number of cores).
     #[arg(long, env = "EMSHAP_CI_WORKERS")]
     pub workers: Option<usize>,
@@ -84,4 +81,7 @@ pub struct PullArgs {
         hide_possible_values = true
     )]
     pub payload_format: Option<crate::pull::decode::PayloadFormat>,
+
+    #[command(flatten)]
+    pub kafka_security: crate::cli::kafka::KafkaSecurityArgs,
 }

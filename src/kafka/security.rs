@@ -134,6 +134,22 @@ pub struct SecurityInput {
     pub aws_region: Option<String>,
 }
 
+impl SecurityInput {
+    /// Empty values count as unset (an action input left empty arrives as "").
+    pub fn without_empty(self) -> Self {
+        let f = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        Self {
+            protocol: f(self.protocol),
+            mechanism: f(self.mechanism),
+            username: f(self.username),
+            ca: f(self.ca),
+            client_certificate: f(self.client_certificate),
+            client_key: f(self.client_key),
+            aws_region: f(self.aws_region),
+        }
+    }
+}
+
 /// The checked security of a connection, kept for error messages and the MSK token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Security {
@@ -169,14 +185,9 @@ impl Security {
     }
 }
 
-fn set(
-    props: &mut BTreeMap<String, String>,
-    key: &str,
-    value: &str,
-    origin: &str,
-) -> Result<()> {
+fn set(props: &mut BTreeMap<String, String>, key: &str, value: &str, origin: &str) -> Result<()> {
     match props.get(key) {
-        Some(v) if v != value => Err(Error::usage(
+        Some(v) if !v.eq_ignore_ascii_case(value) => Err(Error::usage(
             format!("kafka property {key}"),
             format!("set to `{v}` as a property and to `{value}` by {origin}: give it once"),
         )),
@@ -224,7 +235,10 @@ pub fn resolve(
     secrets: &BTreeMap<String, String>,
     brokers: &str,
 ) -> Result<Security> {
-    let mechanism = match (&input.mechanism, props.get("sasl.mechanism").or(props.get("sasl.mechanisms"))) {
+    let mechanism = match (
+        &input.mechanism,
+        props.get("sasl.mechanism").or(props.get("sasl.mechanisms")),
+    ) {
         (Some(m), _) => Some(Mechanism::parse(m, "--kafka-sasl-mechanism")?),
         (None, Some(m)) => Some(Mechanism::parse(m, "kafka property sasl.mechanism")?),
         (None, None) => None,
@@ -240,7 +254,12 @@ pub fn resolve(
         (None, None) if mechanism.is_some() => Protocol::SaslSsl,
         (None, None) => Protocol::Plaintext,
     };
-    set(props, "security.protocol", protocol.name(), "--kafka-security-protocol")?;
+    set(
+        props,
+        "security.protocol",
+        protocol.name(),
+        "--kafka-security-protocol",
+    )?;
     match (protocol.sasl(), mechanism) {
         (true, None) => {
             return Err(Error::usage(
@@ -264,7 +283,12 @@ pub fn resolve(
         _ => {}
     }
     if let Some(m) = mechanism {
-        set(props, "sasl.mechanism", m.librdkafka(), "--kafka-sasl-mechanism")?;
+        set(
+            props,
+            "sasl.mechanism",
+            m.librdkafka(),
+            "--kafka-sasl-mechanism",
+        )?;
     }
     let username = input
         .username
@@ -277,13 +301,19 @@ pub fn resolve(
         if username.is_none() {
             return Err(Error::usage(
                 "--kafka-sasl-username",
-                format!("{} needs a username (EMSHAP_CI_KAFKA_SASL_USERNAME)", m.name()),
+                format!(
+                    "{} needs a username (EMSHAP_CI_KAFKA_SASL_USERNAME)",
+                    m.name()
+                ),
             ));
         }
         if !secrets.contains_key("sasl.password") {
             return Err(Error::usage(
                 "EMSHAP_CI_KAFKA_SASL_PASSWORD",
-                format!("{} needs the password in EMSHAP_CI_KAFKA_SASL_PASSWORD", m.name()),
+                format!(
+                    "{} needs the password in EMSHAP_CI_KAFKA_SASL_PASSWORD",
+                    m.name()
+                ),
             ));
         }
     }
@@ -310,10 +340,20 @@ pub fn resolve(
         }
         if let Some(cert) = &input.client_certificate {
             if is_pem(cert) {
-                set(props, "ssl.certificate.pem", cert, "--kafka-client-certificate")?;
+                set(
+                    props,
+                    "ssl.certificate.pem",
+                    cert,
+                    "--kafka-client-certificate",
+                )?;
             } else {
                 existing_file(cert, "--kafka-client-certificate")?;
-                set(props, "ssl.certificate.location", cert, "--kafka-client-certificate")?;
+                set(
+                    props,
+                    "ssl.certificate.location",
+                    cert,
+                    "--kafka-client-certificate",
+                )?;
             }
         }
         if let Some(key) = &input.client_key {
@@ -343,7 +383,11 @@ pub fn resolve(
             .aws_region
             .clone()
             .or_else(|| std::env::var("AWS_REGION").ok().filter(|s| !s.is_empty()))
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("AWS_DEFAULT_REGION")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .or_else(|| region_from_brokers(brokers))
             .ok_or_else(|| {
                 Error::usage(
@@ -428,14 +472,21 @@ mod tests {
             &[("sasl.password", "pw")],
         )
         .unwrap();
-        assert_eq!(sec.protocol, Protocol::SaslSsl, "a mechanism alone means SASL_SSL");
+        assert_eq!(
+            sec.protocol,
+            Protocol::SaslSsl,
+            "a mechanism alone means SASL_SSL"
+        );
         assert_eq!(p["security.protocol"], "SASL_SSL");
         assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-512");
         assert_eq!(p["sasl.username"], "alice");
         assert_eq!(p["ssl.ca.location"], "probe");
         assert_eq!(sec.login(), "SCRAM-SHA-512 as alice");
         assert_eq!(sec.ca_used(), "the system CA bundle");
-        assert!(!p.values().any(|v| v == "pw"), "the password stays a secret");
+        assert!(
+            !p.values().any(|v| v == "pw"),
+            "the password stays a secret"
+        );
     }
 
     #[test]
@@ -486,7 +537,13 @@ mod tests {
 
     #[test]
     fn what_cannot_work_is_refused_with_exit_2() {
-        let cases: Vec<(SecurityInput, Vec<(&str, &str)>, Vec<(&str, &str)>, &str)> = vec![
+        type Case<'a> = (
+            SecurityInput,
+            Vec<(&'a str, &'a str)>,
+            Vec<(&'a str, &'a str)>,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
             (
                 SecurityInput {
                     mechanism: Some("SCRAM-SHA-1".into()),
@@ -602,7 +659,10 @@ mod tests {
                 .map(|_| ())
                 .unwrap_err();
             assert_eq!(e.exit_code(), 2, "{input:?}: {e}");
-            assert!(e.to_string().contains(says), "{input:?}: `{e}` lacks `{says}`");
+            assert!(
+                e.to_string().contains(says),
+                "{input:?}: `{e}` lacks `{says}`"
+            );
             assert!(!e.to_string().contains('\n'), "one line: {e}");
         }
     }

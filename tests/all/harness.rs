@@ -718,3 +718,172 @@ impl Stand {
         self.state.lock().unwrap().comments.clone()
     }
 }
+
+/// A test CA with a server certificate for 127.0.0.1 and a client certificate, and a second,
+/// unrelated CA, made with the openssl command line.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn make() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sh = |script: &str| {
+            let o = Command::new("bash")
+                .arg("-euc")
+                .arg(script)
+                .current_dir(d)
+                .output()
+                .expect("run openssl (scripts/setup.sh --test installs it)");
+            assert!(
+                o.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        sh(&format!(
+            "openssl req -x509 {key} -keyout ca.key -out ca.pem -days 2 -subj /CN=emshap-ci-test-ca 2>/dev/null
+             openssl req -x509 {key} -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=someone-else 2>/dev/null
+             openssl req {key} -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null
+             openssl req {key} -keyout client.key -out client.csr -subj /CN=emshap-ci-client 2>/dev/null
+             openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 2>/dev/null"
+        ));
+        Pki { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what} did not listen on {port}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Tansu with sqlite storage, SCRAM-SHA-512 users and `--authentication`, behind a
+/// TLS-terminating stunnel (Tansu's own TLS listener does not work); the broker advertises
+/// the proxy's port, so every connection goes through TLS and SASL. Both killed on drop.
+pub struct SecureTansu {
+    tansu: Child,
+    stunnel: Child,
+    /// The proxy's address: what clients are given.
+    pub brokers: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SecureTansu {
+    /// `require_client_certificate`: the proxy asks for, and verifies, a client certificate
+    /// signed by the test CA (mutual TLS).
+    pub fn start(pki: &Pki, users: &[(&str, &str)], require_client_certificate: bool) -> Self {
+        let exe = std::env::var("EMSHAP_CI_TANSU").unwrap_or_default();
+        assert!(
+            !exe.is_empty() && Path::new(&exe).is_file(),
+            "the Tansu broker is not installed (EMSHAP_CI_TANSU={exe:?}): run scripts/setup.sh --test and source its env file"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Tansu reads a sqlite URL's path relative to its working directory.
+        let db = "sqlite://tansu.db".to_string();
+        let (inner, outer) = (free_port(), free_port());
+        let inner_url = format!("tcp://127.0.0.1:{inner}");
+        let broker = |advertised: &str, auth: bool, log: &str| {
+            let mut c = Command::new(&exe);
+            c.args(["broker", "--listener-url", &inner_url])
+                .args(["--advertised-listener-url", advertised])
+                .args(["--storage-engine", &db, "--cluster-id", "emshap-ci-secure"]);
+            if auth {
+                c.arg("--authentication");
+            }
+            let mut child = c
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(d.join(log)).unwrap())
+                .stderr(std::fs::File::create(d.join(format!("{log}.err"))).unwrap())
+                .spawn()
+                .expect("start tansu");
+            wait_port(inner, &mut child, "tansu", &d.join(format!("{log}.err")));
+            child
+        };
+        // SCRAM users are created through the broker itself, before it requires them.
+        let mut setup = broker(&inner_url, false, "setup.log");
+        for (user, password) in users {
+            let o = Command::new(&exe)
+                .args([
+                    "user",
+                    "create",
+                    "--broker",
+                    &inner_url,
+                    "--mechanism",
+                    "scram512",
+                ])
+                .args([user, password])
+                .output()
+                .expect("tansu user create");
+            assert!(
+                o.status.success(),
+                "tansu user create {user}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let _ = setup.kill();
+        let _ = setup.wait();
+        let tansu = broker(&format!("tcp://127.0.0.1:{outer}"), true, "tansu.log");
+        let mut conf = format!(
+            "foreground = yes\npid =\noutput = {}\ndebug = 5\n[kafka]\naccept = 127.0.0.1:{outer}\nconnect = 127.0.0.1:{inner}\ncert = {}\nkey = {}\n",
+            d.join("stunnel.log").display(),
+            pki.path("server.pem"),
+            pki.path("server.key"),
+        );
+        if require_client_certificate {
+            conf.push_str(&format!(
+                "CAfile = {}\nrequireCert = yes\nverifyChain = yes\n",
+                pki.path("ca.pem")
+            ));
+        }
+        std::fs::write(d.join("stunnel.conf"), conf).unwrap();
+        let mut stunnel = Command::new("stunnel4")
+            .arg(d.join("stunnel.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("stunnel.err")).unwrap())
+            .spawn()
+            .expect("start stunnel4 (scripts/setup.sh --test installs it)");
+        wait_port(outer, &mut stunnel, "stunnel4", &d.join("stunnel.err"));
+        SecureTansu {
+            tansu,
+            stunnel,
+            brokers: format!("127.0.0.1:{outer}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SecureTansu {
+    fn drop(&mut self) {
+        for c in [&mut self.stunnel, &mut self.tansu] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod evaluate;
 mod explain;
 mod github;
 mod harness;
+mod kafka_security;
 mod onnx_python;
 mod pull_file;
 mod pull_kafka;
