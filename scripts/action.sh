@@ -43,5 +43,12 @@ if [ "$mode" = pr ]; then
 elif [ -z "${EMSHAP_CI_STORE:-}" ]; then
   echo "::warning title=emshap-ci::no store configured: the version goes to work/store on this runner only"
 fi
+# `doctor: true`: check Kafka, the store, GitHub and the native libraries first, and stop
+# with its table (exit 3) before anything runs; main and retrain also prove the store is
+# writable.
+if [ "${EMSHAP_CI_ACTION_DOCTOR:-false}" = true ]; then
+  if [ "$mode" = pr ]; then "$bin" doctor; else "$bin" doctor --write; fi
+fi
+unset EMSHAP_CI_ACTION_DOCTOR
 # `run` reads the mode, store, sha, force and reason from EMSHAP_CI_* and GITHUB_*.
 exec "$bin" run

@@ -49,6 +49,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
         }
         Command::Pull(args) => pull(&settings::resolve_pull(args, &config)?, quiet),
         Command::Run(args) => crate::run::run(&cli.global, args),
+        Command::Doctor(args) => crate::doctor::doctor(args, &config),
         Command::Explain(args) => {
             let s = settings::resolve_explain(args, &config)?;
             let progress = Progress::new("explain", quiet);
@@ -261,7 +262,10 @@ pub fn report(args: &crate::cli::report::ReportArgs, config: &ConfigFile) -> Res
 
 /// The GitHub client for `repo` (default $GITHUB_REPOSITORY), with the API URL and token
 /// from the environment Actions sets (main.rs has masked the token).
-fn github_client(repo: Option<&str>, config: &ConfigFile) -> Result<crate::github::GitHub> {
+pub(crate) fn github_client(
+    repo: Option<&str>,
+    config: &ConfigFile,
+) -> Result<crate::github::GitHub> {
     let facts = crate::facts::GitHubFacts::from_env();
     let token = facts.token.clone().unwrap_or_default();
     let api = facts.api_url.clone();
@@ -424,7 +428,12 @@ fn sha_of(flag: Option<&str>) -> Result<String> {
 
 /// The JSON object printed for a failed command under `--output json`.
 pub fn error_json(e: &Error) -> serde_json::Value {
-    json!({"ok": false, "error": e.to_string(), "kind": e.kind(), "exit_code": e.exit_code()})
+    let mut v =
+        json!({"ok": false, "error": e.to_string(), "kind": e.kind(), "exit_code": e.exit_code()});
+    if let Error::Doctor { checks, .. } = e {
+        v["checks"] = checks.clone();
+    }
+    v
 }
 
 /// `pull` with its settings resolved.

@@ -1,6 +1,7 @@
 //! The command line: clap derive types only. Every flag is a raw `Option` that also reads
 //! `EMSHAP_CI_<NAME>`; `settings` merges them with the config file and the defaults.
 
+pub mod doctor;
 pub mod evaluate;
 pub mod explain;
 pub mod generate;
@@ -90,6 +91,11 @@ pub enum Command {
     Comment(github::CommentArgs),
     /// Start the deploy workflow (workflow_dispatch) with the version's sha and manifest URI.
     Dispatch(github::DispatchArgs),
+    /// Check, without side effects, what a run needs: Kafka (login, topic, partitions), the
+    /// store (production readable; --write: a probe put and delete), GitHub (token,
+    /// repository, deploy workflow), ONNX Runtime and the trainer (libtorch, CUDA). Exit 3
+    /// if any check fails.
+    Doctor(doctor::DoctorArgs),
     /// The whole chain for a mode: pr (pull → train → evaluate → report → comment), main
     /// (… → publish → promote on pass → dispatch) or retrain; --resume skips what is done.
     Run(run::RunArgs),
@@ -112,6 +118,7 @@ impl Command {
             Command::Report(_) => "report",
             Command::Comment(_) => "comment",
             Command::Dispatch(_) => "dispatch",
+            Command::Doctor(_) => "doctor",
             Command::Run(_) => "run",
         }
     }

@@ -104,6 +104,14 @@ pub enum Error {
         message: String,
     },
 
+    /// `doctor` found what a run needs missing or refused (the table says which and how to fix).
+    #[error("doctor: failed checks: {failed} (the table above says how to fix each)")]
+    Doctor {
+        failed: String,
+        /// The rows, for `--output json`.
+        checks: serde_json::Value,
+    },
+
     /// A bug or an unexpected condition.
     #[error("internal error: {0:#} (this is a bug in emshap-ci; please report it)")]
     Internal(#[from] anyhow::Error),
@@ -119,7 +127,8 @@ impl Error {
             Error::Kafka { .. }
             | Error::Store { .. }
             | Error::GitHub { .. }
-            | Error::Output { .. } => exit::EXTERNAL,
+            | Error::Output { .. }
+            | Error::Doctor { .. } => exit::EXTERNAL,
             Error::DataQuality { .. } => exit::DATA_QUALITY,
             Error::GateFailed { .. } => exit::GATE_FAILED,
             Error::Trainer { code, .. } | Error::Relayed { code, .. } => *code,
@@ -141,6 +150,7 @@ impl Error {
             Error::GateFailed { .. } => "gate_failed",
             Error::NotProduction { .. } => "not_production",
             Error::Trainer { .. } => "trainer",
+            Error::Doctor { .. } => "doctor",
             Error::Relayed { kind, .. } => kind,
             Error::Internal(_) => "internal",
         }

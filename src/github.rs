@@ -202,6 +202,67 @@ impl GitHub {
         )
     }
 
+    /// Checks that the repository is reachable with the token and, when given, that the
+    /// workflow file exists there; says what it found.
+    pub fn check(&self, workflow: Option<&str>) -> Result<String> {
+        let path = format!("/repos/{}/{}", self.owner, self.repo);
+        let r = self.call(http::Method::GET, &path, None)?;
+        match r.status.as_u16() {
+            200 => {}
+            401 => {
+                return Err(self.unexpected(
+                    &format!("GET {path}"),
+                    &r,
+                    "the token was refused: check the github-token input",
+                ))
+            }
+            404 => {
+                return Err(self.unexpected(
+                    &format!("GET {path}"),
+                    &r,
+                    "no such repository, or the token cannot see it: check --repo and the token's access",
+                ))
+            }
+            _ => {
+                return Err(self.unexpected(&format!("GET {path}"), &r, "check the token's permissions"))
+            }
+        }
+        let mut found = format!("{}/{}", self.owner, self.repo);
+        if let Some(w) = workflow {
+            let wpath = format!("{path}/actions/workflows/{w}");
+            let r = self.call(http::Method::GET, &wpath, None)?;
+            match r.status.as_u16() {
+                200 => {
+                    let state = r.body["state"].as_str().unwrap_or("active");
+                    if state != "active" {
+                        return Err(self.error(
+                            format!("workflow {w} is {state}"),
+                            "enable it in the repository's Actions tab",
+                        ));
+                    }
+                    found.push_str(&format!(", workflow {w} ({state})"));
+                }
+                404 => {
+                    return Err(self.unexpected(
+                        &format!("GET {wpath}"),
+                        &r,
+                        &format!(
+                            "add .github/workflows/{w} on the default branch, or set --workflow"
+                        ),
+                    ))
+                }
+                _ => {
+                    return Err(self.unexpected(
+                        &format!("GET {wpath}"),
+                        &r,
+                        "the token needs actions: read",
+                    ))
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The login whose comments are ours: /user when the token may read it, else the
     /// Actions bot (the GITHUB_TOKEN cannot read /user).
     pub fn login(&self) -> Result<String> {

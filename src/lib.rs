@@ -5,6 +5,7 @@
 pub mod app;
 pub mod artifacts;
 pub mod cli;
+pub mod doctor;
 pub mod error;
 pub mod evaluate;
 pub mod explain;

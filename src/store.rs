@@ -42,6 +42,9 @@ pub trait Store {
     fn put(&self, key: &str, bytes: &[u8], cond: Cond) -> Result<Put>;
     /// Keys under `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Removes the object at `key` (absent is fine). Only `doctor --write` deletes: versions
+    /// and the history are never removed.
+    fn delete(&self, key: &str) -> Result<()>;
 }
 
 /// Opens a store from its URI: `s3://bucket/prefix` (S3 or an S3-compatible server, see

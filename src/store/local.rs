@@ -92,6 +92,15 @@ impl Store for LocalStore {
         }
     }
 
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(format!("cannot delete {key}: {e}"))),
+        }
+    }
+
     fn put(&self, key: &str, bytes: &[u8], cond: Cond) -> Result<Put> {
         let path = self.path(key)?;
         let _lock = match cond {

@@ -441,6 +441,19 @@ impl Store for S3Store {
         })
     }
 
+    fn delete(&self, key: &str) -> Result<()> {
+        self.rt.block_on(async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.request_error("delete", key, e))
+        })
+    }
+
     fn put(&self, key: &str, bytes: &[u8], cond: Cond) -> Result<Put> {
         let bytes = Bytes::copy_from_slice(bytes);
         self.rt.block_on(async {

@@ -657,6 +657,10 @@ impl Stand {
                     vec![],
                     serde_json::json!({"message": "Resource not accessible by integration"}),
                 ),
+                ("GET", "/repos/acme/power") => ok(serde_json::json!({"full_name": "acme/power"})),
+                ("GET", "/repos/acme/power/actions/workflows/deploy.yml") => ok(
+                    serde_json::json!({"path": ".github/workflows/deploy.yml", "state": "active"}),
+                ),
                 ("GET", "/repos/acme/power/issues/7/comments") => {
                     ok(serde_json::Value::Array(s.comments.clone()))
                 }

@@ -8,6 +8,8 @@ mod act;
 mod action;
 mod cli;
 #[cfg(feature = "fake-trainer")]
+mod doctor;
+#[cfg(feature = "fake-trainer")]
 mod evaluate;
 mod explain;
 mod github;

@@ -257,6 +257,9 @@ impl Store for Lockstep<'_> {
     fn list(&self, prefix: &str) -> emshap_ci::error::Result<Vec<String>> {
         self.inner.list(prefix)
     }
+    fn delete(&self, key: &str) -> emshap_ci::error::Result<()> {
+        self.inner.delete(key)
+    }
 }
 
 #[test]

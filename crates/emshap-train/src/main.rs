@@ -17,16 +17,34 @@ use emshap_ci::trainer::{read_job, write_result, Job};
 )]
 struct Args {
     /// The job emshap-ci wrote (emshap-ci.train-job/1 JSON).
-    #[arg(long)]
-    job: PathBuf,
+    #[arg(long, required_unless_present = "devices")]
+    job: Option<PathBuf>,
     /// Where to write the result (emshap-ci.train-result/1 JSON).
+    #[arg(long, required_unless_present = "devices")]
+    result: Option<PathBuf>,
+    /// Print what libtorch can use, as one JSON line (for `emshap-ci doctor`), and exit.
     #[arg(long)]
-    result: PathBuf,
+    devices: bool,
 }
 
 fn main() {
     let args = Args::parse();
-    let job = read_job(&args.job);
+    if args.devices {
+        println!(
+            "{}",
+            serde_json::json!({
+                "cuda_devices": tch::Cuda::device_count(),
+                "cudnn": tch::Cuda::cudnn_is_available(),
+                "threads": tch::get_num_threads(),
+            })
+        );
+        return;
+    }
+    let (Some(job_path), Some(result_path)) = (args.job, args.result) else {
+        unreachable!("clap requires both without --devices");
+    };
+    let args = (job_path, result_path);
+    let job = read_job(&args.0);
     if let Ok(j) = &job {
         emshap_ci::logging::init(&j.log);
     } else {
@@ -40,5 +58,5 @@ fn main() {
             Job::Emshap(s) => emshap_train::train_emshap(s, &progress),
         }
     });
-    std::process::exit(write_result(&args.result, &result));
+    std::process::exit(write_result(&args.1, &result));
 }
