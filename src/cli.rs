@@ -7,6 +7,7 @@ pub mod explain;
 pub mod generate;
 pub mod github;
 pub mod kafka;
+pub mod monitor;
 pub mod pull;
 pub mod report;
 pub mod run;
@@ -96,6 +97,10 @@ pub enum Command {
     /// repository, deploy workflow), ONNX Runtime and the trainer (libtorch, CUDA). Exit 3
     /// if any check fails.
     Doctor(doctor::DoctorArgs),
+    /// Score production on the rows it has never seen, measure drift against its train
+    /// split, give a verdict (ok, watch, drift, degraded, insufficient_data, invalid) and, with
+    /// --dispatch, start the retrain workflow when it asks for one.
+    Monitor(monitor::MonitorArgs),
     /// The whole chain for a mode: pr (pull → train → evaluate → report → comment), main
     /// (… → publish → promote on pass → dispatch) or retrain; --resume skips what is done.
     Run(run::RunArgs),
@@ -119,6 +124,7 @@ impl Command {
             Command::Comment(_) => "comment",
             Command::Dispatch(_) => "dispatch",
             Command::Doctor(_) => "doctor",
+            Command::Monitor(_) => "monitor",
             Command::Run(_) => "run",
         }
     }

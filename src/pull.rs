@@ -6,6 +6,7 @@
 //! blocks) and hands batches to decoding workers over a bounded channel.
 
 pub mod decode;
+pub mod reference;
 pub mod snapshot;
 pub mod window;
 
@@ -121,6 +122,9 @@ pub struct Dataset {
     pub split: BTreeMap<String, SplitInfo>,
     pub scaler: ScalerInfo,
     pub feature_stats: Vec<FeatureStats>,
+    /// The train split's reference for drift (format 2; absent in older snapshots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference: Vec<reference::ColumnReference>,
     pub files: Vec<FileInfo>,
     pub snapshot_sha256: String,
 }
@@ -178,16 +182,10 @@ pub struct PullReport {
 }
 
 /// Runs the pull. On any error nothing is left at `settings.out` that was not there before.
-pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> {
-    let started = Instant::now();
-    let scaler = match &settings.scaler {
-        ScalerMode::Fit => None,
-        ScalerMode::Reuse(p) => Some(Scaler::load(p)?),
-    };
-    // Check the destination before any slow work.
-    let staging = Staging::new(&settings.out)?;
+type Read = (Columns, SourceInfo, Option<TopicReader>);
 
-    let (mut cols, mut source_info, reader) = match &settings.source {
+fn read_source(settings: &PullSettings, progress: &Progress) -> Result<Read> {
+    Ok(match &settings.source {
         Source::Embedded => {
             let (cols, info) = read_file(&Input::Embedded, settings, progress)?;
             (cols, info, None)
@@ -200,7 +198,27 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
             let (cols, info, reader) = read_kafka(topic, settings, progress)?;
             (cols, info, Some(reader))
         }
+    })
+}
+
+/// The window's records, decoded and validated as `pull` does (invalid ones quarantined),
+/// raw and unsplit, with nothing written: what `monitor` scores.
+pub fn read_window(settings: &PullSettings, progress: &Progress) -> Result<(Columns, SourceInfo)> {
+    let (cols, info, _) = read_source(settings, progress)?;
+    progress.finish();
+    Ok((cols, info))
+}
+
+pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> {
+    let started = Instant::now();
+    let scaler = match &settings.scaler {
+        ScalerMode::Fit => None,
+        ScalerMode::Reuse(p) => Some(Scaler::load(p)?),
     };
+    // Check the destination before any slow work.
+    let staging = Staging::new(&settings.out)?;
+
+    let (mut cols, mut source_info, reader) = read_source(settings, progress)?;
     progress.finish();
     source_info.schema_ids = std::mem::take(&mut cols.schema_ids);
     tracing::info!(
@@ -262,7 +280,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         })
         .collect();
     let dataset = Dataset {
-        format: "emshap-ci.dataset/1".into(),
+        format: "emshap-ci.dataset/2".into(),
         source: source_info,
         features: spec.features.clone(),
         target: crate::schema::TARGET.into(),
@@ -288,6 +306,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
             },
         },
         feature_stats: plan.stats,
+        reference: plan.reference,
         files,
         snapshot_sha256: digest.clone(),
     };

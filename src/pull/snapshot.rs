@@ -123,6 +123,8 @@ pub struct Plan {
     pub scaler: Scaler,
     pub split_info: Vec<(String, SplitInfo)>,
     pub stats: Vec<FeatureStats>,
+    /// The train split's reference for drift: each feature, then the target.
+    pub reference: Vec<super::reference::ColumnReference>,
     pub duplicates: u64,
     pub quarantine: Vec<Quarantined>,
 }
@@ -347,6 +349,23 @@ pub fn plan(cols: &mut Columns, spec: &SnapshotSpec) -> Result<Plan> {
         .collect();
     let mut quarantine = std::mem::take(&mut cols.quarantined);
     quarantine.sort_by_key(|q| (q.partition, q.offset));
+    // The train split's reference (raw values, before imputation): the features in two
+    // row-major passes, the target (a column of its own) beside them.
+    let t_ref = std::time::Instant::now();
+    let train_rows = &order[ranges[0].0..ranges[0].1];
+    let (mut reference, target) = std::thread::scope(|s| {
+        let target = s.spawn(|| {
+            let y: Vec<f32> = train_rows.iter().map(|&i| cols.power[i as usize]).collect();
+            super::reference::column(crate::schema::TARGET, &y)
+        });
+        let features = super::reference::columns(&spec.features, &cols.values, train_rows);
+        (features, target.join().expect("reference thread"))
+    });
+    reference.push(target);
+    tracing::debug!(
+        seconds = t_ref.elapsed().as_secs_f64(),
+        "train-split reference"
+    );
     Ok(Plan {
         order,
         ranges,
@@ -354,6 +373,7 @@ pub fn plan(cols: &mut Columns, spec: &SnapshotSpec) -> Result<Plan> {
         scaler,
         split_info,
         stats,
+        reference,
         duplicates,
         quarantine,
     })

@@ -386,3 +386,47 @@ fn scaler_reuse_takes_another_snapshots_scaler() {
     );
     assert!(!dir.path().join("c").exists());
 }
+
+/// dataset.json (format 2) carries the train split's reference for drift: for each feature
+/// and the target, 101 exact quantiles, count, missing, mean, sd and the atoms. The target's
+/// quantiles are recomputed here from train.parquet and must match exactly.
+#[test]
+fn the_snapshot_records_the_train_splits_exact_quantiles() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_exit(&run(dir.path(), &["pull", "--out", "s"]), 0);
+    let ds = dataset(&dir.path().join("s"));
+    assert_eq!(ds["format"], "emshap-ci.dataset/2");
+    let reference = ds["reference"].as_array().unwrap();
+    let features = ds["features"].as_array().unwrap();
+    assert_eq!(reference.len(), features.len() + 1);
+    for r in reference {
+        let q: Vec<f64> = r["quantiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(q.len(), 101, "{r}");
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "quantiles ascend: {r}");
+        for a in r["atoms"].as_array().unwrap() {
+            assert!(a["share"].as_f64().unwrap() > 0.01, "{a}");
+        }
+    }
+    let target = reference.last().unwrap();
+    assert_eq!(target["name"], "power_watts");
+    let train = read_split(&dir.path().join("s/train.parquet"));
+    let mut y: Vec<f32> = train.floats["power_watts"].clone();
+    y.sort_by(f32::total_cmp);
+    let n = y.len();
+    assert_eq!(target["count"].as_u64().unwrap() as usize, n);
+    for k in 0..=100usize {
+        let rank = (k * n).div_ceil(100).max(1);
+        assert_eq!(
+            target["quantiles"][k].as_f64().unwrap(),
+            f64::from(y[rank - 1]),
+            "p{k}"
+        );
+    }
+    let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+    assert!((target["mean"].as_f64().unwrap() - mean).abs() < 1e-9 * mean.abs());
+}
