@@ -12,6 +12,8 @@ mod evaluate;
 mod explain;
 mod github;
 mod harness;
+#[cfg(feature = "fake-trainer")]
+mod install;
 mod onnx_python;
 mod pull_file;
 mod pull_kafka;
