@@ -160,7 +160,10 @@ fn install_verifies_the_build_attestation_with_gh_and_hands_on_the_binary() {
     let published = std::fs::read_to_string(d.join(format!("dist/{}.sha256", asset(tag)))).unwrap();
     let digest = published.split_whitespace().next().unwrap();
     assert!(args[9].starts_with(digest), "gh saw another file: {gh}");
-    assert!(log.contains("attested by acme/power/.github/workflows/release.yml"), "{log}");
+    assert!(
+        log.contains("attested by acme/power/.github/workflows/release.yml"),
+        "{log}"
+    );
     // The installed binary is the released one, and runs.
     let bin = installed_bin(d);
     let v = Command::new(&bin).arg("--version").output().unwrap();
@@ -181,7 +184,11 @@ fn install_refuses_an_asset_that_gh_cannot_attest() {
     assert!(e.contains("no attestations found"), "gh's reason: {e}");
     assert!(e.contains("verify: sha256"), "what to do: {e}");
     assert!(!d.join("output.txt").exists(), "no binary is handed on");
-    assert!(kept(tag).is_empty(), "the refused asset is kept: {:?}", kept(tag));
+    assert!(
+        kept(tag).is_empty(),
+        "the refused asset is kept: {:?}",
+        kept(tag)
+    );
 }
 
 #[test]
@@ -193,7 +200,10 @@ fn install_without_gh_fails_unless_told_to_accept_the_checksum_which_the_summary
     let log1 = log(&o);
     assert_eq!(o.status.code(), Some(3), "{log1}");
     let e = error_line(&log1, &asset(tag));
-    assert!(e.contains("gh (the GitHub CLI, >= 2.49) is not on the PATH"), "{e}");
+    assert!(
+        e.contains("gh (the GitHub CLI, >= 2.49) is not on the PATH"),
+        "{e}"
+    );
     assert!(!d.join("output.txt").exists());
     assert!(kept(tag).is_empty(), "{:?}", kept(tag));
 
@@ -206,7 +216,10 @@ fn install_without_gh_fails_unless_told_to_accept_the_checksum_which_the_summary
     );
     let log2 = log(&o);
     assert_eq!(o.status.code(), Some(0), "{log2}");
-    assert!(log2.contains("::warning title=emshap-ci install::"), "{log2}");
+    assert!(
+        log2.contains("::warning title=emshap-ci install::"),
+        "{log2}"
+    );
     let summary = std::fs::read_to_string(d.join("summary.md")).unwrap();
     assert!(
         summary.contains(&format!(
@@ -222,12 +235,23 @@ fn install_without_gh_fails_unless_told_to_accept_the_checksum_which_the_summary
 fn install_refuses_with_a_gh_too_old_for_attestations() {
     let tag = "v0.0.6-oldgh";
     let (stand, tmp) = release(tag);
-    let o = install(&stand, tmp.path(), Gh::TooOld, &[("EMSHAP_CI_VERSION", tag)]);
+    let o = install(
+        &stand,
+        tmp.path(),
+        Gh::TooOld,
+        &[("EMSHAP_CI_VERSION", tag)],
+    );
     let log = log(&o);
     assert_eq!(o.status.code(), Some(3), "{log}");
     let e = error_line(&log, &asset(tag));
-    assert!(e.contains("gh 2.40 has no 'gh attestation' (needs >= 2.49)"), "{e}");
-    assert!(!tmp.path().join("gh.log").exists(), "gh was not asked to verify");
+    assert!(
+        e.contains("gh 2.40 has no 'gh attestation' (needs >= 2.49)"),
+        "{e}"
+    );
+    assert!(
+        !tmp.path().join("gh.log").exists(),
+        "gh was not asked to verify"
+    );
 }
 
 #[test]
@@ -237,7 +261,12 @@ fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
     let tag = "v0.0.2-tampered";
     serve_release(&stand, &tmp.path().join("dist"), tag, Some(&"0".repeat(64)));
     // Even when the attestation check would pass: the checksum is checked first.
-    let o = install(&stand, tmp.path(), Gh::Verifies, &[("EMSHAP_CI_VERSION", tag)]);
+    let o = install(
+        &stand,
+        tmp.path(),
+        Gh::Verifies,
+        &[("EMSHAP_CI_VERSION", tag)],
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(3), "{stdout}");
     assert!(
@@ -247,8 +276,15 @@ fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
         )),
         "{stdout}"
     );
-    assert!(!tmp.path().join("output.txt").exists(), "no binary is handed on");
-    assert!(kept(tag).is_empty(), "the refused asset is not kept: {:?}", kept(tag));
+    assert!(
+        !tmp.path().join("output.txt").exists(),
+        "no binary is handed on"
+    );
+    assert!(
+        kept(tag).is_empty(),
+        "the refused asset is not kept: {:?}",
+        kept(tag)
+    );
 }
 
 #[test]
@@ -280,7 +316,10 @@ fn install_without_a_version_takes_the_release_whose_tag_points_at_the_pinned_sh
     );
     let paths: Vec<String> = stand.requests().into_iter().map(|r| r.path).collect();
     assert!(
-        paths.contains(&format!("/acme/power/releases/download/{tag}/{}", asset(tag))),
+        paths.contains(&format!(
+            "/acme/power/releases/download/{tag}/{}",
+            asset(tag)
+        )),
         "{paths:?}"
     );
     assert!(installed_bin(d).is_file());
@@ -318,5 +357,9 @@ fn install_of_a_local_action_without_a_version_says_to_choose_one() {
         log.contains("this action is not used from a release (uses: ./ or a local path)"),
         "{log}"
     );
-    assert!(stand.requests().is_empty(), "nothing downloaded: {:?}", stand.requests());
+    assert!(
+        stand.requests().is_empty(),
+        "nothing downloaded: {:?}",
+        stand.requests()
+    );
 }

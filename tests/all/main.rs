@@ -13,6 +13,8 @@ mod explain;
 mod github;
 mod harness;
 #[cfg(feature = "fake-trainer")]
+mod image;
+#[cfg(feature = "fake-trainer")]
 mod install;
 mod onnx_python;
 mod pull_file;
