@@ -50,7 +50,7 @@ LABEL org.opencontainers.image.title="emshap-ci-train" \
 # CA certificates from the runtime base: no package manager run, nothing fetched.
 COPY --from=runtime /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=dist --chmod=0555 /emshap-ci /emshap-ci-train /opt/emshap-ci/bin/
-COPY --chmod=0444 dist/train-lib/ /opt/emshap-ci/lib/
+COPY --chmod=0555 dist/train-lib/ /opt/emshap-ci/lib/
 ENV PATH=/opt/emshap-ci/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 USER 65532:65532

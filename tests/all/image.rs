@@ -262,3 +262,81 @@ fn deploy_pins_every_image_by_version_and_digest_and_refuses_mutable_ones() {
         assert!(o.stdout.is_empty());
     }
 }
+
+/// The training image: built by buildah from the Dockerfile (bases replaced, as above) with
+/// the binaries under test and the pinned libraries (scripts/image_libs.sh), then, as uid
+/// 65532 on a read-only root with only /work and /tmp writable, `emshap-ci run --mode main` trains both
+/// models through emshap-ci-train (libtorch found through its RUNPATH $ORIGIN/../lib) and
+/// evaluates them through ONNX Runtime (found in ../lib beside emshap-ci), and publishes.
+/// tests/image/train.sh; this checkout's trainer has an absolute RUNPATH (no
+/// EMSHAP_CI_TRAIN_RPATH here), which train.sh sets to $ORIGIN/../lib, as release.yml links it.
+#[cfg(feature = "real-training")]
+#[test]
+fn training_image_built_by_buildah_trains_and_evaluates_as_uid_65532_on_a_read_only_root() {
+    assert!(
+        Command::new("buildah").arg("--version").output().is_ok(),
+        "buildah is not installed: run scripts/setup.sh --test (it installs the Debian package)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let bins = d.join("bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_emshap-ci"));
+    let trainer = exe.with_file_name("emshap-ci-train");
+    assert!(
+        trainer.is_file(),
+        "{} is not built: cargo nextest run --workspace --all-features",
+        trainer.display()
+    );
+    std::fs::copy(exe, bins.join("emshap-ci")).unwrap();
+    std::fs::copy(&trainer, bins.join("emshap-ci-train")).unwrap();
+    let tag = "v0.0.9-train-image";
+    let o = Command::new(repo().join("scripts/package.sh"))
+        .args([bins.as_os_str(), d.as_os_str(), tag.as_ref()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_dir_all(&bins).unwrap();
+    let out = d.join("out");
+    let o = Command::new(repo().join("tests/image/train.sh"))
+        .arg(d.join(format!("emshap-ci-{tag}-x86_64-unknown-linux-gnu.tar.gz")))
+        .arg(tag)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let log = text(&o);
+    assert!(o.status.success(), "train.sh failed:\n{log}");
+    let read = |f: &str| {
+        std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}\n{log}"))
+    };
+    assert!(
+        read("runpath.txt").contains("[$ORIGIN/../lib]"),
+        "{}",
+        read("runpath.txt")
+    );
+    let chain = read("chain.log");
+    assert!(chain.contains("emshap-ci-train "), "{chain}");
+    // Both native libraries at work: the trainer trained, ONNX Runtime scored. (Two epochs
+    // may not pass the gate's absolute bounds: exit 1 is the verdict, not the image.)
+    for stage in [
+        "pull",
+        "train power",
+        "train emshap",
+        "evaluate",
+        "report",
+        "publish",
+    ] {
+        assert!(
+            chain.contains(&format!("✓  {stage} (")),
+            "stage {stage} not done:\n{chain}"
+        );
+    }
+    let last = chain.trim_end().lines().last().unwrap_or("");
+    assert!(last == "exit 0" || last == "exit 1", "{chain}");
+    // Without a writable $TMPDIR training cannot start: the machine's state, exit 3, not a bug.
+    let ro = read("readonly-tmp.txt");
+    assert!(ro.contains("the file system is read-only"), "{ro}");
+    assert!(ro.trim_end().ends_with("exit 3"), "{ro}");
+    assert!(!out.join("storage").exists());
+    eprintln!("training image: {}", read("size.txt"));
+}

@@ -107,8 +107,18 @@ fn kept(tag: &str) -> Vec<String> {
         .collect()
 }
 
-/// A release `tag` served by a fresh stand-in, and a temp folder.
+/// Removes what an earlier run kept in the shared cache for `tag`, so that "nothing is kept"
+/// means this run kept nothing.
+fn forget(tag: &str) {
+    let cache = std::env::var("EMSHAP_CI_CACHE").expect("EMSHAP_CI_CACHE (source env.sh)");
+    for name in kept(tag) {
+        std::fs::remove_dir_all(Path::new(&cache).join(name)).unwrap();
+    }
+}
+
+/// A release `tag` served by a fresh stand-in, and a temp folder; nothing kept for it yet.
 fn release(tag: &str) -> (Stand, tempfile::TempDir) {
+    forget(tag);
     let stand = Stand::github(200);
     let tmp = tempfile::tempdir().unwrap();
     serve_release(&stand, &tmp.path().join("dist"), tag, None);
@@ -259,6 +269,7 @@ fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
     let stand = Stand::github(200);
     let tmp = tempfile::tempdir().unwrap();
     let tag = "v0.0.2-tampered";
+    forget(tag);
     serve_release(&stand, &tmp.path().join("dist"), tag, Some(&"0".repeat(64)));
     // Even when the attestation check would pass: the checksum is checked first.
     let o = install(

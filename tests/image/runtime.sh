@@ -92,7 +92,7 @@ user=$("${b[@]}" inspect --type image --format '{{.OCIv1.Config.User}}' "$image"
 entry=$("${b[@]}" inspect --type image --format '{{range .OCIv1.Config.Entrypoint}}{{.}} {{end}}' "$image")
 mapfile -t image_env < <("${b[@]}" inspect --type image --format '{{range .OCIv1.Config.Env}}{{.}}{{"\n"}}{{end}}' "$image" | grep -v '^$')
 # The mount point of the volume (the kubelet makes it; the image does not ship it).
-mkdir -p "$rootfs/models"
+mkdir -p "$rootfs/models" "$rootfs/proc" "$rootfs/dev"
 # Inside a private mount namespace: the image's root bound read-only onto itself, a tmpfs
 # on /models, then chroot as the image's user with only the image's and the store's env.
 export EMSHAP_RT_ROOT=$rootfs EMSHAP_RT_USER=$user EMSHAP_RT_ENTRY=$entry EMSHAP_RT_OUT=$out
@@ -100,10 +100,15 @@ export EMSHAP_RT_STORE=$store EMSHAP_RT_SHA=$sha
 # The image's own environment (no secrets: those stay in this process's environment).
 printf '%s\n' "${image_env[@]}" >"$out/image.env"
 : "${AWS_ENDPOINT_URL:?}" "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}"
-unshare --mount --propagation private --fork -- bash -euo pipefail -c '
+# /proc and /dev as a container runtime mounts them (a pid namespace of its own).
+unshare --mount --pid --propagation private --fork -- bash -euo pipefail -c '
   r=$EMSHAP_RT_ROOT
   mount --bind "$r" "$r"
   mount -o remount,bind,ro "$r"
+  mount -t proc proc "$r/proc"
+  # /dev as a container runtime provides it: a tmpfs with the host'"'"'s character devices.
+  mount -t tmpfs -o mode=0755,size=64k tmpfs "$r/dev"
+  for d in null zero full random urandom; do touch "$r/dev/$d"; mount --bind "/dev/$d" "$r/dev/$d"; done
   mount -t tmpfs -o size=64m,mode=1777 tmpfs "$r/models"
   mapfile -t e <"$EMSHAP_RT_OUT/image.env"
   e+=("AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL" "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID"
