@@ -6,9 +6,10 @@
 #
 # Which executables (EMSHAP_CI_VERSION, the action's `version` input):
 #   ""        the action's own release: the tag it is pinned to (uses: OWNER/emshap-ci@v1.2.0),
-#             or, pinned by a commit sha (uses: OWNER/emshap-ci@<sha> # v1.2.0), the release
-#             whose tag points at that commit (asked of the GitHub API). A local action
-#             (uses: ./) has no release: it must say `version`.
+#             or, pinned by a commit sha (uses: OWNER/emshap-ci@<sha> # v1.2.0) or a moving
+#             tag (@v1), the release whose tag points at that commit (the highest vX.Y.Z there;
+#             GitHub's tag list). A local action (uses: ./) has no release: it must say
+#             `version`.
 #   vX.Y.Z    that release's asset (scripts/package.sh makes it, release.yml uploads and
 #             attests it). A release without the asset stops the job (exit 3): no silent
 #             20-minute source build.
@@ -54,50 +55,60 @@ case "$verify" in
   *) usage "verify must be 'attestation' or 'sha256' (got '$verify')" ;;
 esac
 
-# Sets `version` to the release whose tag points at commit $1 (GitHub's tag list; the
-# highest v* if several), or to "" when none does. Not run in a subshell: its `fail` exits.
-release_at_commit() {
-  local sha=$1 page body lines found=""
+# The repository's tags, one "NAME SHA" line each (GitHub's tag list, paged), into `tags`.
+# Not run in a subshell: its `fail` exits.
+list_tags() {
+  local page body lines
   local api=${GITHUB_API_URL:-https://api.github.com}
   local auth=()
   if [ -n "${GH_TOKEN:-}" ]; then auth=(-H "Authorization: Bearer $GH_TOKEN"); fi
+  tags=""
   for page in 1 2 3 4 5 6 7 8 9 10; do
     body=$(curl -fsSL --retry 3 "${auth[@]}" -H "Accept: application/vnd.github+json" \
       "$api/repos/$repo/tags?per_page=100&page=$page") ||
-      fail "cannot list the tags of $repo at $api to find the release of commit $sha (set the action's version input to its tag, e.g. version: v1.2.0)"
-    # One line per v* tag at that commit, then END when this page was the last.
+      fail "cannot list the tags of $repo at $api to find the release the action is pinned to ($action_ref) (set the action's version input to its tag, e.g. version: v1.2.0)"
+    # "NAME SHA" per tag, then END when this page was the last.
     lines=$(python3 -c '
 import json, sys
 tags = json.loads(sys.stdin.read())
 for t in tags:
-    if t.get("name", "").startswith("v") and t.get("commit", {}).get("sha") == sys.argv[1]:
-        print(t["name"])
+    print(t["name"], t["commit"]["sha"])
 if len(tags) < 100:
     print("END")
-' "$sha" <<<"$body") || fail "the tag list of $repo at $api is not the JSON GitHub sends (set the action's version input to its tag)"
-    found+="$lines"$'\n'
+' <<<"$body") || fail "the tag list of $repo at $api is not the JSON GitHub sends (set the action's version input to its tag)"
+    tags+="$lines"$'\n'
     if grep -qx END <<<"$lines"; then break; fi
   done
-  version=$(grep -v -e '^END$' -e '^$' <<<"$found" | sort -V | tail -n 1 || true)
+}
+
+# The highest release tag (vX.Y.Z...) at commit $1, from `tags`; empty when none.
+release_at() {
+  awk -v sha="$1" '$2 == sha && $1 ~ /^v[0-9]+\.[0-9]+\.[0-9]+/ { print $1 }' <<<"$tags" | sort -V | tail -n 1
 }
 
 if [ -z "$version" ]; then
   if [ -z "$action_ref" ] || [ -z "$action_repo" ]; then
     usage "this action is not used from a release (uses: ./ or a local path): set its version input to a release tag (version: v1.2.0), or to 'source' to build this checkout"
   fi
-  case "$action_ref" in
-    v[0-9]*) version=$action_ref ;;
-    *)
-      if [[ "$action_ref" =~ ^[0-9a-f]{40}$ ]]; then
-        release_at_commit "$action_ref"
-        [ -n "$version" ] ||
-          fail "no release tag of $repo points at commit $action_ref, the sha this action is pinned to: pin the sha of a release (uses: $action_repo@<sha> # vX.Y.Z), or set version: source"
-        echo "emshap-ci: the action is pinned to $action_ref, release $version" >&2
-      else
-        usage "this action is pinned to '$action_ref', neither a release tag nor a commit sha: pin it by the sha of a release (uses: $action_repo@<sha> # vX.Y.Z), or set its version input"
-      fi
-      ;;
-  esac
+  if [[ "$action_ref" =~ ^v[0-9]+\.[0-9]+\.[0-9]+ ]]; then
+    version=$action_ref
+  elif [[ "$action_ref" =~ ^[0-9a-f]{40}$ ]]; then
+    list_tags
+    version=$(release_at "$action_ref")
+    [ -n "$version" ] ||
+      fail "no release tag of $repo points at commit $action_ref, the sha this action is pinned to: pin the sha of a release (uses: $action_repo@<sha> # vX.Y.Z), or set version: source"
+    echo "emshap-ci: the action is pinned to $action_ref, release $version" >&2
+  elif [[ "$action_ref" =~ ^v[0-9]+(\.[0-9]+)?$ ]]; then
+    # A moving major (or minor) tag: the release at the commit it points at now.
+    list_tags
+    at=$(awk -v name="$action_ref" '$1 == name { print $2 }' <<<"$tags")
+    version=$(release_at "$at")
+    [ -n "$version" ] ||
+      fail "tag $action_ref of $repo points at no release (commit ${at:-unknown}): pin the sha of a release (uses: $action_repo@<sha> # vX.Y.Z), or set version"
+    echo "emshap-ci: the action is used at $action_ref ($at), release $version" >&2
+  else
+    usage "this action is pinned to '$action_ref', neither a release tag nor a commit sha: pin it by the sha of a release (uses: $action_repo@<sha> # vX.Y.Z), or set its version input"
+  fi
 fi
 
 target=x86_64-unknown-linux-gnu

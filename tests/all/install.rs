@@ -4,7 +4,7 @@
 //! attestation with `gh attestation verify`, here a stand-in `gh` placed first on the PATH
 //! that verifies, refuses or is absent (or too old); `verify: sha256` is the only way past a
 //! missing attestation check, and the job summary says so. Also: `version` empty takes the
-//! action's own release, found from the commit sha it is pinned to.
+//! action's own release, found from the commit sha (or moving major tag) it is pinned to.
 //! Every test installs its own tag: they share the runner cache ($EMSHAP_CI_CACHE).
 
 use std::os::unix::fs::PermissionsExt;
@@ -299,7 +299,7 @@ fn install_refuses_a_release_asset_whose_sha256_does_not_match() {
 }
 
 #[test]
-fn install_without_a_version_takes_the_release_whose_tag_points_at_the_pinned_sha() {
+fn install_without_a_version_takes_the_release_whose_tag_points_at_the_pinned_sha_or_major_tag() {
     let tag = "v0.0.7-pinned";
     let (stand, tmp) = release(tag);
     let d = tmp.path();
@@ -308,6 +308,7 @@ fn install_without_a_version_takes_the_release_whose_tag_points_at_the_pinned_sh
         {"name": "v0.0.1", "commit": {"sha": "1".repeat(40)}},
         {"name": tag, "commit": {"sha": sha}},
         {"name": "latest-main", "commit": {"sha": sha}},
+        {"name": "v0", "commit": {"sha": sha}},
     ]);
     stand.serve_file(
         "/repos/acme/power/tags?per_page=100&page=1".into(),
@@ -334,6 +335,24 @@ fn install_without_a_version_takes_the_release_whose_tag_points_at_the_pinned_sh
         "{paths:?}"
     );
     assert!(installed_bin(d).is_file());
+
+    // A moving major tag (uses: ...@v0): the release at the commit it points at.
+    let o = install(
+        &stand,
+        d,
+        Gh::Verifies,
+        &[
+            ("EMSHAP_CI_RELEASE_REPO", ""),
+            ("EMSHAP_CI_ACTION_REPOSITORY", "acme/power"),
+            ("EMSHAP_CI_ACTION_REF", "v0"),
+        ],
+    );
+    let log_major = log(&o);
+    assert_eq!(o.status.code(), Some(0), "{log_major}");
+    assert!(
+        log_major.contains(&format!("the action is used at v0 ({sha}), release {tag}")),
+        "{log_major}"
+    );
 
     // A sha no release tag points at stops the job, naming what to pin instead.
     let other = "f".repeat(40);
