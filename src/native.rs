@@ -1,6 +1,7 @@
 //! Loading the native libraries. ONNX Runtime is loaded at run time (ort's `load-dynamic`)
-//! from `ORT_DYLIB_PATH`, else from the path build.rs compiled in (set by
-//! scripts/setup.sh), so the binary needs no `LD_LIBRARY_PATH`. libtorch is linked by
+//! from `ORT_DYLIB_PATH`, else from `../lib/libonnxruntime.so` beside the executable (the
+//! training image's layout, /opt/emshap-ci/{bin,lib}), else from the path build.rs compiled
+//! in (set by scripts/setup.sh), so the binary needs no `LD_LIBRARY_PATH`. libtorch is linked by
 //! `emshap-ci-train` alone (crates/emshap-train), with an rpath to its folder.
 
 use std::path::PathBuf;
@@ -15,10 +16,19 @@ pub fn ort_library() -> Option<PathBuf> {
     std::env::var_os("ORT_DYLIB_PATH")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
+        .or_else(beside_the_executable)
         .or_else(|| {
             let built = env!("EMSHAP_CI_BUILD_ORT_DYLIB");
             (!built.is_empty()).then(|| PathBuf::from(built))
         })
+}
+
+/// `<dir of the executable>/../lib/libonnxruntime.so`, when it is there: an installation
+/// that carries its own ONNX Runtime (the training image) needs no absolute build path.
+fn beside_the_executable() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let lib = exe.parent()?.parent()?.join("lib/libonnxruntime.so");
+    lib.is_file().then_some(lib)
 }
 
 /// The process's ONNX Runtime environment, loaded once.

@@ -266,7 +266,8 @@ pub fn train(job: &Job, progress: &Progress) -> Result<TrainReport> {
     let tmp = tempfile::Builder::new()
         .prefix("emshap-ci-train-")
         .tempdir()
-        .map_err(|e| Error::Internal(anyhow::anyhow!("cannot make a temporary folder: {e}")))?;
+        // $TMPDIR read-only or full is the machine's state, not a bug: exit 3, saying which.
+        .map_err(|e| Error::write(&std::env::temp_dir(), e))?;
     let job_path = tmp.path().join("job.json");
     let result_path = tmp.path().join("result.json");
     let file = JobFile {

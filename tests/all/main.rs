@@ -14,6 +14,10 @@ mod evaluate;
 mod explain;
 mod github;
 mod harness;
+#[cfg(feature = "fake-trainer")]
+mod image;
+#[cfg(feature = "fake-trainer")]
+mod install;
 mod kafka_security;
 mod onnx_python;
 mod pull_file;

@@ -131,3 +131,71 @@ fn expressions_never_reach_shell_text_and_actions_are_pinned_by_sha() {
         }
     }
 }
+
+/// The third-party actions the workflows, the action and the README's quick start use: each
+/// at the commit of a release that runs on Node 24 (GitHub removed Node 20 from its runners),
+/// with that release named in the comment. The shas are the releases' tags, read from the
+/// actions' own repositories.
+const NODE24_PINS: [(&str, &str, &str); 6] = [
+    (
+        "actions/checkout",
+        "3d3c42e5aac5ba805825da76410c181273ba90b1",
+        "v7.0.1",
+    ),
+    (
+        "actions/cache",
+        "27d5ce7f107fe9357f9df03efb73ab90386fccae",
+        "v5.0.5",
+    ),
+    (
+        "actions/attest",
+        "1e69f48acb82d1966a394da916b4c1698aa569d6",
+        "v4.2.2",
+    ),
+    (
+        "docker/setup-buildx-action",
+        "37fe631027851001ddb9b187196cc803df7f5f0e",
+        "v4.3.0",
+    ),
+    (
+        "docker/login-action",
+        "4907a6ddec9925e35a0a9e82d7399ccc52663121",
+        "v4.1.0",
+    ),
+    (
+        "docker/build-push-action",
+        "53b7df96c91f9c12dcc8a07bcb9ccacbed38856a",
+        "v7.3.0",
+    ),
+];
+
+#[test]
+fn third_party_actions_are_pinned_to_their_node24_releases() {
+    let mut files = workflows();
+    for f in ["action.yml", "README.md"] {
+        files.push((f.into(), std::fs::read_to_string(root().join(f)).unwrap()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, text) in &files {
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim_start().trim_start_matches("- ");
+            let Some(uses) = t.strip_prefix("uses:") else {
+                continue;
+            };
+            let (target, comment) = uses.split_once('#').unwrap_or((uses, ""));
+            let target = target.trim();
+            if target.starts_with("./") || target.starts_with("OWNER/emshap-ci@") {
+                continue;
+            }
+            let (action, sha) = target.split_once('@').unwrap();
+            let pin = NODE24_PINS
+                .iter()
+                .find(|(a, _, _)| *a == action)
+                .unwrap_or_else(|| panic!("{name}:{}: {action} is not a known node24 pin", i + 1));
+            assert_eq!(sha, pin.1, "{name}:{}: {line}", i + 1);
+            assert_eq!(comment.trim(), pin.2, "{name}:{}: {line}", i + 1);
+            seen.insert(action.to_string());
+        }
+    }
+    assert_eq!(seen.len(), NODE24_PINS.len(), "every pin is used: {seen:?}");
+}

@@ -111,7 +111,8 @@ pub fn safetensors(vs: &tch::nn::VarStore) -> Result<Vec<u8>> {
         .map(|(k, v)| (k, v.detach().to_device(Device::Cpu).contiguous()))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.into()))?;
+    // $TMPDIR read-only or full is the machine's state, not a bug: exit 3, saying which.
+    let dir = tempfile::tempdir().map_err(|e| Error::write(&std::env::temp_dir(), e))?;
     let path = dir.path().join("weights.safetensors");
     Tensor::write_safetensors(&named, &path)
         .map_err(|e| Error::Internal(anyhow::anyhow!("writing the checkpoint: {e}")))?;
