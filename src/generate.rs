@@ -94,6 +94,28 @@ pub struct GenerateSpec {
     pub seed: u64,
     pub bad_ratio: f64,
     pub bad_kinds: Vec<BadKind>,
+    /// Changes for monitoring tests and demos (all neutral by default).
+    pub shift: Shift,
+}
+
+/// A different world than the default one: a new hardware mix (GPU utilisation raised,
+/// power following the same relation), a changed relation (power scaled), or GPU
+/// utilisation absent from a share of the messages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shift {
+    pub gpu_shift: f64,
+    pub power_scale: f64,
+    pub gpu_missing: f64,
+}
+
+impl Default for Shift {
+    fn default() -> Self {
+        Shift {
+            gpu_shift: 0.0,
+            power_scale: 1.0,
+            gpu_missing: 0.0,
+        }
+    }
 }
 
 /// One generated message: its key (node id), timestamp and bytes.
@@ -189,7 +211,7 @@ impl Generator {
         let t = i as f64;
         let cpu = (50.0 + 35.0 * (t / 500.0 + phase).sin() + self.n(10.0)).clamp(0.0, 100.0);
         let gpu = if has_gpu {
-            (self.gpu.sample(&mut self.rng) * 100.0).clamp(0.0, 100.0)
+            (self.gpu.sample(&mut self.rng) * 100.0 + self.spec.shift.gpu_shift).clamp(0.0, 100.0)
         } else {
             0.0
         };
@@ -209,6 +231,7 @@ impl Generator {
             + 0.05 * disk
             + 0.002 * fan
             + self.n(POWER_NOISE_W);
+        let power = power * self.spec.shift.power_scale;
         let voltage = 12.0 + self.n(0.05);
         let values = [
             cpu,
@@ -239,8 +262,11 @@ impl Generator {
             schema_version: 1,
             ..Default::default()
         };
+        let gpu_absent = self.spec.shift.gpu_missing > 0.0
+            && self.rng.random::<f64>() < self.spec.shift.gpu_missing;
         for (m, v) in values.into_iter().enumerate() {
-            set_metric(&mut fv, m, Some(v));
+            // Metric 4 is gpu_util.
+            set_metric(&mut fv, m, if m == 4 && gpu_absent { None } else { Some(v) });
         }
         debug_assert_eq!(values.len(), METRICS.len());
         fv
@@ -396,6 +422,7 @@ mod tests {
             seed,
             bad_ratio,
             bad_kinds: BadKind::ALL.to_vec(),
+            shift: Shift::default(),
         }
     }
 

@@ -411,6 +411,11 @@ pub fn resolve_generate(args: &GenerateArgs, file: &ConfigFile) -> Result<Genera
         seed: args.seed.or(g.seed).unwrap_or(7),
         bad_ratio: ratio("--bad-ratio", args.bad_ratio.or(g.bad_ratio).unwrap_or(0.0))?,
         bad_kinds: kinds,
+        shift: crate::generate::Shift {
+            gpu_shift: args.gpu_shift.unwrap_or(0.0),
+            power_scale: args.power_scale.unwrap_or(1.0),
+            gpu_missing: ratio("--gpu-missing", args.gpu_missing.unwrap_or(0.0))?,
+        },
     };
     let target = match (&args.out, &args.topic) {
         (Some(out), None) => GenerateTarget::File(out.clone()),

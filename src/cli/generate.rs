@@ -27,6 +27,19 @@ pub struct GenerateArgs {
     #[arg(long, env = "EMSHAP_CI_BAD_KINDS", value_delimiter = ',')]
     pub bad_kinds: Option<Vec<String>>,
 
+    /// Raise every GPU node's gpu_util by this many points (a new hardware mix; power follows
+    /// the same relation). For monitoring tests and demos.
+    #[arg(long, hide = true)]
+    pub gpu_shift: Option<f64>,
+
+    /// Scale power_watts by this factor (a changed relation). For monitoring tests.
+    #[arg(long, hide = true)]
+    pub power_scale: Option<f64>,
+
+    /// Leave gpu_util out of this share of the messages. For monitoring tests.
+    #[arg(long, hide = true)]
+    pub gpu_missing: Option<f64>,
+
     /// Write a length-delimited file (varint length + message).
     #[arg(long, value_name = "FILE", conflicts_with = "topic")]
     pub out: Option<PathBuf>,

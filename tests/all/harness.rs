@@ -685,7 +685,8 @@ impl Stand {
                     s.comments[i]["body"] = req.body["body"].clone();
                     ok(s.comments[i].clone())
                 }
-                ("POST", "/repos/acme/power/actions/workflows/deploy.yml/dispatches") => {
+                ("POST", "/repos/acme/power/actions/workflows/deploy.yml/dispatches")
+                | ("POST", "/repos/acme/power/actions/workflows/retrain.yml/dispatches") => {
                     (204, vec![], serde_json::Value::Null)
                 }
                 ("POST", p) if p.starts_with("/repos/acme/power/actions/workflows/") => {

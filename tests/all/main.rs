@@ -19,6 +19,8 @@ mod image;
 #[cfg(feature = "fake-trainer")]
 mod install;
 mod kafka_security;
+#[cfg(feature = "fake-trainer")]
+mod monitor;
 mod onnx_python;
 mod pull_file;
 mod pull_kafka;

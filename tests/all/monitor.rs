@@ -1,0 +1,151 @@
+//! `monitor` closing the loop against the real servers: a first window trained and promoted
+//! by `run --mode main` (Tansu, the S3 server, the GitHub stand-in), then newer windows from
+//! the same generator (ok), a new hardware mix (drift; a retrain dispatched on the second
+//! drift in a row), a changed relation (degraded), the cooldown, and a window with gpu_util
+//! missing in 20 % of the messages (exit 4, nothing dispatched).
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::harness::*;
+
+const GATE: &str = "[power.r2]\ndirection = \"higher\"\nmin = 0.3\n\n[emshap.imputation_rmse]\ndirection = \"lower\"\nmax = 3.0\n";
+
+struct Loop {
+    tansu: Tansu,
+    s3: S3Server,
+    stand: Stand,
+    uri: String,
+}
+
+impl Loop {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut e: Vec<(String, String)> = [
+            ("EMSHAP_CI_SOURCE", "kafka:fv"),
+            ("EMSHAP_CI_BROKERS", self.tansu.brokers.as_str()),
+            ("EMSHAP_CI_STORE", self.uri.as_str()),
+            ("GITHUB_API_URL", self.stand.url.as_str()),
+            ("GITHUB_REPOSITORY", "acme/power"),
+            ("GITHUB_TOKEN", "ghs_monitor_token"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        e.extend(S3Server::env(&self.s3.endpoint, &self.s3.writer));
+        e
+    }
+
+    fn run(&self, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut c = bin();
+        c.envs(self.env());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        output(c, dir, args)
+    }
+
+    fn monitor(&self, dir: &Path, out: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+        let mut args = vec![
+            "monitor", "--results", out, "--dispatch", "retrain.yml", "--kafka-timeout", "10",
+            "--min-rows", "500",
+        ];
+        args.extend_from_slice(extra);
+        let o = self.run(dir, &args, &[]);
+        let report = std::fs::read(dir.join(out).join("monitor.json"))
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or(serde_json::Value::Null);
+        (o, report)
+    }
+
+    fn retrains(&self) -> Vec<serde_json::Value> {
+        self.stand
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/retrain.yml/dispatches"))
+            .map(|r| r.body["inputs"].clone())
+            .collect()
+    }
+}
+
+#[test]
+fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
+    let l = Loop {
+        tansu: Tansu::start(),
+        s3: S3Server::start(),
+        stand: Stand::github(200),
+        uri: String::new(),
+    };
+    let l = Loop {
+        uri: l.s3.uri("loop"),
+        ..l
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("gate.toml"), GATE).unwrap();
+    l.tansu.generate("fv", &["--rows", "6000", "--seed", "1", "--partitions", "2"]);
+    let o = l.run(
+        d,
+        &["run", "--mode", "main", "--work", "w1", "--sha", "aaaa1111"],
+        &[("EMSHAP_CI_GATE", "gate.toml"), ("EMSHAP_CI_EPOCHS", "3")],
+    );
+    assert_exit(&o, 0);
+
+    // Newer data from the same generator: after production, nothing to do.
+    l.tansu.generate("fv", &["--rows", "3000", "--seed", "2"]);
+    let (o, r) = l.monitor(d, "m1", &[]);
+    assert_exit(&o, 0);
+    assert_eq!(r["production_sha"], "aaaa1111");
+    assert_eq!(r["messages"], 3000, "the window is what came after production: {r}");
+    assert_eq!(r["verdict"], "ok", "{}", serde_json::to_string_pretty(&r).unwrap());
+    assert!(r["performance"]["rmse_ratio"].as_f64().unwrap() < 1.10, "{r}");
+    assert!(l.retrains().is_empty());
+    assert!(d.join("m1/monitor.md").is_file());
+
+    // A new hardware mix: GPU utilisation 30 points higher, power by the same relation.
+    l.tansu.generate("fv", &["--rows", "3000", "--seed", "3", "--gpu-shift", "30"]);
+    let last = ["--window", "last:1500"];
+    let (o, r) = l.monitor(d, "m2", &last);
+    assert_exit(&o, 0);
+    assert_eq!(r["verdict"], "drift", "{}", serde_json::to_string_pretty(&r).unwrap());
+    let gpu = r["features"].as_array().unwrap().iter().find(|f| f["name"] == "gpu_util").unwrap();
+    assert_eq!(gpu["band"], "significant", "{gpu}");
+    assert!(r["dispatched"].is_null() && l.retrains().is_empty(), "one drift is not enough");
+    // The second drift in a row dispatches the retrain, with the window and the reason.
+    let (o, r) = l.monitor(d, "m3", &[&last[..], &["--cooldown-hours", "0"]].concat());
+    assert_exit(&o, 0);
+    assert_eq!(r["verdict"], "drift");
+    assert_eq!(r["dispatched"], "retrain.yml", "{r}");
+    let sent = l.retrains();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0]["reason"].as_str().unwrap().contains("drift"), "{sent:?}");
+    assert!(sent[0]["window"].as_str().unwrap().starts_with("offsets:") || sent[0]["window"] == "last:1500", "{sent:?}");
+
+    // A changed relation: the same features, power 20 % higher.
+    l.tansu.generate("fv", &["--rows", "3000", "--seed", "4", "--power-scale", "1.2"]);
+    let (o, r) = l.monitor(d, "m4", &last);
+    assert_exit(&o, 0);
+    assert_eq!(r["verdict"], "degraded", "{}", serde_json::to_string_pretty(&r).unwrap());
+    assert!(r["performance"]["rmse_ratio_low"].as_f64().unwrap() > 1.0);
+    // Within the cooldown of the last dispatch: not dispatched again, and it says why.
+    assert!(r["dispatched"].is_null(), "{r}");
+    assert!(r["dispatch_note"].as_str().unwrap().contains("cooldown"), "{r}");
+    assert_eq!(l.retrains().len(), 1);
+    let (o, r) = l.monitor(d, "m5", &[&last[..], &["--cooldown-hours", "0"]].concat());
+    assert_exit(&o, 0);
+    assert_eq!(r["dispatched"], "retrain.yml");
+    assert_eq!(l.retrains().len(), 2);
+    // --fail-on degraded turns it into a red X.
+    let (o, _) = l.monitor(d, "m6", &[&last[..], &["--fail-on", "degraded"]].concat());
+    assert_exit(&o, 1);
+
+    // gpu_util missing in 20 % of the messages: invalid, exit 4, nothing dispatched.
+    l.tansu.generate("fv", &["--rows", "3000", "--seed", "5", "--gpu-missing", "0.2"]);
+    let (o, r) = l.monitor(d, "m7", &[&last[..], &["--cooldown-hours", "0"]].concat());
+    assert_exit(&o, 4);
+    assert_eq!(r["verdict"], "invalid");
+    assert!(r["reason"].as_str().unwrap().contains("gpu_util"), "{r}");
+    assert_eq!(l.retrains().len(), 2);
+    // Every run left its record in the store.
+    use emshap_ci::store::Store;
+    assert_eq!(l.s3.store("loop").list("monitoring/").unwrap().len(), 7);
+}
