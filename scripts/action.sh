@@ -21,8 +21,8 @@ if [ -n "${EMSHAP_CI_ENV_FILE:-}" ]; then
 fi
 mode=${EMSHAP_CI_MODE:-pr}
 case "$mode" in
-  pr | main | retrain) ;;
-  *) echo "::error title=emshap-ci::mode must be pr, main or retrain (got '$mode')"; exit 2 ;;
+  pr | main | retrain | monitor) ;;
+  *) echo "::error title=emshap-ci::mode must be pr, main, retrain or monitor (got '$mode')"; exit 2 ;;
 esac
 # An input left empty means "not set".
 for v in $(compgen -e | grep '^EMSHAP_CI_'); do
@@ -50,5 +50,12 @@ if [ "${EMSHAP_CI_ACTION_DOCTOR:-false}" = true ]; then
   if [ "$mode" = pr ]; then "$bin" doctor; else "$bin" doctor --write; fi
 fi
 unset EMSHAP_CI_ACTION_DOCTOR
+if [ "$mode" = monitor ]; then
+  # The window input's default (all) means monitor's own default: after production.
+  if [ "${EMSHAP_CI_WINDOW:-all}" = all ]; then unset EMSHAP_CI_WINDOW; fi
+  unset EMSHAP_CI_FORCE EMSHAP_CI_REASON
+  exec "$bin" monitor
+fi
+unset EMSHAP_CI_MONITOR_DISPATCH EMSHAP_CI_FAIL_ON
 # `run` reads the mode, store, sha, force and reason from EMSHAP_CI_* and GITHUB_*.
 exec "$bin" run

@@ -59,6 +59,32 @@ fn zizmor_finds_nothing_in_the_action_and_workflows() {
     }
 }
 
+/// The scheduled workflows: monitor daily, retrain weekly, at off-minutes; monitor may only
+/// dispatch (actions: write) and read the checkout.
+#[test]
+fn scheduled_workflows_run_at_off_minutes_with_the_least_permissions() {
+    let all = workflows();
+    let text = |n: &str| all.iter().find(|(name, _)| name == n).unwrap().1.clone();
+    let monitor = text("monitor.yml");
+    assert!(monitor.contains("cron: \"17 3 * * *\""), "{monitor}");
+    assert!(monitor.contains("mode: monitor"));
+    assert!(monitor.contains("group: emshap-ci-monitor"));
+    let perms: Vec<&str> = monitor
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.ends_with(": write") || l.contains(": write #") || l.ends_with(": read"))
+        .collect();
+    assert_eq!(perms, ["contents: read", "actions: write # dispatch retrain.yml"]);
+    let retrain = text("retrain.yml");
+    assert!(retrain.contains("cron: \"41 4 * * 1\""), "{retrain}");
+    for (name, t) in &all {
+        for l in t.lines().filter(|l| l.trim_start().starts_with("- cron:")) {
+            let minute = l.split('"').nth(1).unwrap().split(' ').next().unwrap();
+            assert_ne!(minute, "0", "{name}: the top of the hour is when GitHub is busiest");
+        }
+    }
+}
+
 #[test]
 fn workflows_start_with_no_permissions_and_never_use_pull_request_target() {
     let all = workflows();
@@ -68,6 +94,7 @@ fn workflows_start_with_no_permissions_and_never_use_pull_request_target() {
         [
             "ci.yml",
             "deploy.yml",
+            "monitor.yml",
             "pr-eval.yml",
             "release.yml",
             "retrain.yml",
