@@ -261,6 +261,173 @@ pub fn feature(r: &ColumnReference, values: &[f64]) -> FeatureDrift {
     }
 }
 
+/// The candidate's training data against production's train-split reference (issue 16's
+/// data section of the PR check and the main report).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainingDrift {
+    /// The production version whose reference it is.
+    pub production_sha: String,
+    /// The candidate's train rows.
+    pub rows: u64,
+    /// Per feature (in the candidate's order), then the target.
+    pub features: Vec<FeatureDrift>,
+}
+
+impl TrainingDrift {
+    /// The features (not the target) in the watch band or above, most drifted first.
+    pub fn moved(&self) -> Vec<&FeatureDrift> {
+        let mut v: Vec<&FeatureDrift> = self
+            .features
+            .iter()
+            .filter(|f| f.band == "watch" || f.band == "significant")
+            .collect();
+        v.sort_by(|a, b| b.psi.unwrap_or(0.0).total_cmp(&a.psi.unwrap_or(0.0)));
+        v
+    }
+}
+
+/// A mermaid bar chart of the largest PSIs (at most `top`), or nothing without figures.
+pub fn psi_chart(features: &[FeatureDrift], top: usize, title: &str) -> String {
+    let mut by_psi: Vec<&FeatureDrift> = features.iter().filter(|f| f.psi.is_some()).collect();
+    by_psi.sort_by(|a, b| b.psi.unwrap_or(0.0).total_cmp(&a.psi.unwrap_or(0.0)));
+    if by_psi.is_empty() {
+        return String::new();
+    }
+    let top: Vec<&FeatureDrift> = by_psi.into_iter().take(top).collect();
+    let names: Vec<String> = top.iter().map(|f| format!("\"{}\"", f.name)).collect();
+    let psis: Vec<String> = top
+        .iter()
+        .map(|f| format!("{:.4}", f.psi.unwrap_or(0.0)))
+        .collect();
+    format!(
+        "```mermaid\nxychart-beta\n    title \"{title}\"\n    x-axis [{}]\n    bar [{}]\n```\n",
+        names.join(", "),
+        psis.join(", ")
+    )
+}
+
+/// Undoes the f32 rounding of standardisation where it matters: a value converted back
+/// from its standardised form lands within a few ulps of, not on, the value it was (0 for
+/// a GPU-less node's `gpu_util` comes back as −3e-6), which moves it out of an atom's bin
+/// or across a tied decile edge. Each value within that rounding of one of the reference's
+/// quantiles or atoms (the only values where the bins, KS and the range change) is taken as
+/// that value.
+fn snap(values: &mut [f64], r: &ColumnReference, mean: f64, sd: f64) {
+    let mut special: Vec<f64> = r.quantiles.clone();
+    special.extend(r.atoms.iter().map(|a| a.value));
+    special.sort_by(f64::total_cmp);
+    special.dedup();
+    if special.is_empty() {
+        return;
+    }
+    for v in values.iter_mut().filter(|v| !v.is_nan()) {
+        // |z| ulps of f32 (2^-24 relative) times sd, plus the mean's own rounding.
+        let tol = 4.0 * f64::from(f32::EPSILON) * (v.abs() + mean.abs() + sd);
+        let i = special.partition_point(|&s| s < *v);
+        for k in [i.saturating_sub(1), i.min(special.len() - 1)] {
+            if (special[k] - *v).abs() <= tol {
+                *v = special[k];
+                break;
+            }
+        }
+    }
+}
+
+/// Drift of a snapshot's train split (`train.parquet`: standardised features, imputed with
+/// the scaler's mean where missing, and the raw target) against `reference` (production's).
+/// The features are converted back with `scaler`; the imputed values of each (`imputed`,
+/// per feature, as the snapshot's split info counts them) are exactly the scaler's mean,
+/// standardised to 0, so that many zeros are counted as missing again: the figures are
+/// those of the raw train split, to the f32 rounding of the standardised values.
+pub fn training_split(
+    reference: &[ColumnReference],
+    imputed: &[u64],
+    train: &std::path::Path,
+    scaler: &crate::pull::snapshot::Scaler,
+    target: &str,
+) -> crate::error::Result<Vec<FeatureDrift>> {
+    use arrow_array::{Array, Float32Array, Float64Array};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let bad = |why: String| crate::error::Error::data(format!("{}: {why}", train.display()));
+    let file = std::fs::File::open(train).map_err(|e| crate::error::Error::read(train, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let mut out = Vec::new();
+    let mut columns: Vec<(String, Option<usize>, Vec<f64>)> = scaler
+        .features
+        .iter()
+        .enumerate()
+        .map(|(j, n)| (n.clone(), Some(j), Vec::new()))
+        .collect();
+    columns.push((target.to_string(), None, Vec::new()));
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(format!("cannot be read: {e}")))?;
+        for (name, j, values) in &mut columns {
+            let a = batch
+                .column_by_name(name)
+                .ok_or_else(|| bad(format!("has no column `{name}`")))?;
+            let raw: Vec<f64> = if let Some(a) = a.as_any().downcast_ref::<Float32Array>() {
+                a.values().iter().map(|&v| f64::from(v)).collect()
+            } else if let Some(a) = a.as_any().downcast_ref::<Float64Array>() {
+                a.values().to_vec()
+            } else {
+                return Err(bad(format!(
+                    "column `{name}` is {}, not float",
+                    a.data_type()
+                )));
+            };
+            match j {
+                Some(j) => {
+                    let (m, sd) = (scaler.mean[*j], scaler.std[*j]);
+                    values.extend(
+                        raw.iter()
+                            .map(|&z| if z == 0.0 { f64::NAN } else { z * sd + m }),
+                    );
+                }
+                None => values.extend(raw),
+            }
+        }
+    }
+    for (name, j, mut values) in columns {
+        if let Some(j) = j {
+            // The zeros: `missing` of them were imputed, the rest are values at the mean.
+            let missing = imputed.get(j).copied().unwrap_or(0) as usize;
+            let mean = scaler.mean[j];
+            let mut imputed = 0usize;
+            for v in values.iter_mut().filter(|v| v.is_nan()) {
+                if imputed < missing {
+                    imputed += 1;
+                } else {
+                    *v = mean;
+                }
+            }
+        }
+        match reference.iter().find(|r| r.name == name) {
+            Some(r) => {
+                if let Some(j) = j {
+                    snap(&mut values, r, scaler.mean[j], scaler.std[j]);
+                }
+                out.push(feature(r, &values))
+            }
+            None => out.push(FeatureDrift {
+                name,
+                rows: values.len() as u64,
+                psi: None,
+                noise_floor: None,
+                band: "unknown".into(),
+                js_distance: None,
+                ks: None,
+                w1_over_sd: None,
+                outside_range: None,
+                missing_rate: None,
+                reference_missing_rate: None,
+            }),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,10 @@ pub struct Metrics {
     /// with its efficiency gap (DESIGN §6); absent when disabled or a model is missing.
     #[serde(default)]
     pub attribution: Option<crate::explain::Global>,
+    /// The candidate's train split against production's train-split reference (PSI per
+    /// feature and the target); absent without a production version that has a reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_drift: Option<crate::drift::TrainingDrift>,
     pub seconds: f64,
 }
 
@@ -473,6 +477,63 @@ fn attribute(
 
 /// Runs the evaluation; writes metrics.json also when the gate fails (then returns
 /// `Error::GateFailed`, exit 1).
+/// The candidate's train split (in `data`) against the reference in production's
+/// `dataset.json` (in `production`); `None`, with the reason logged, when production has no
+/// reference (an older format) or the split cannot be read.
+fn training_drift(
+    production: &Path,
+    sha: &str,
+    data: &Path,
+    candidate: &crate::pull::Dataset,
+) -> Option<crate::drift::TrainingDrift> {
+    let path = production.join(crate::pull::snapshot::DATASET_FILE);
+    let prod: crate::pull::Dataset = match std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(d) => d,
+        None => {
+            tracing::warn!("production {sha} has no readable dataset.json: no data drift section");
+            return None;
+        }
+    };
+    if prod.reference.is_empty() {
+        tracing::info!("production {sha}'s dataset.json predates the drift reference (format 2): no data drift section");
+        return None;
+    }
+    let scaler =
+        match crate::pull::snapshot::Scaler::load(&data.join(crate::pull::snapshot::SCALER_FILE)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("no data drift section: {e}");
+                return None;
+            }
+        };
+    let train = data.join("train.parquet");
+    let imputed = candidate
+        .split
+        .get("train")
+        .map(|s| s.imputed.clone())
+        .unwrap_or_default();
+    match crate::drift::training_split(
+        &prod.reference,
+        &imputed,
+        &train,
+        &scaler,
+        &candidate.target,
+    ) {
+        Ok(features) => Some(crate::drift::TrainingDrift {
+            production_sha: sha.to_string(),
+            rows: candidate.split.get("train").map_or(0, |s| s.rows),
+            features,
+        }),
+        Err(e) => {
+            tracing::warn!("no data drift section: {e}");
+            None
+        }
+    }
+}
+
 pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
     let started = Instant::now();
     if !s.models.join(POWER_ONNX).is_file() && !s.models.join(EMSHAP_ONNX).is_file() {
@@ -528,6 +589,11 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         (None, false) => (Verdict::Fail, None),
     };
     let attribution = attribute(s, &rows, &snap.dataset.features)?;
+    let data_drift = baseline
+        .dir
+        .as_deref()
+        .zip(baseline.sha.as_deref())
+        .and_then(|(dir, sha)| training_drift(dir, sha, &s.data, &snap.dataset));
     let mut n_rows = BTreeMap::new();
     n_rows.insert("power".to_string(), rows.n);
     n_rows.insert("emshap".to_string(), rows.n.min(s.emshap_rows));
@@ -548,6 +614,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         snapshot_sha256: snap.dataset.snapshot_sha256.clone(),
         models,
         attribution,
+        data_drift,
         seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(&s.out).map_err(|e| Error::write(&s.out, e))?;

@@ -266,7 +266,11 @@ impl Generator {
             && self.rng.random::<f64>() < self.spec.shift.gpu_missing;
         for (m, v) in values.into_iter().enumerate() {
             // Metric 4 is gpu_util.
-            set_metric(&mut fv, m, if m == 4 && gpu_absent { None } else { Some(v) });
+            set_metric(
+                &mut fv,
+                m,
+                if m == 4 && gpu_absent { None } else { Some(v) },
+            );
         }
         debug_assert_eq!(values.len(), METRICS.len());
         fv

@@ -8,7 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -637,7 +637,7 @@ impl TopicReader {
     }
 
     /// Reads every message of `ranges` exactly once, calling `each(partition, offset,
-    /// kafka_timestamp_ms, payload)`; returns when every range is done. Messages past a range's end are
+    /// kafka_timestamp_ms, payload, __value_schema_id header)`; returns when every range is done. Messages past a range's end are
     /// ignored, so the read terminates however much is produced meanwhile. `lows` are the
     /// partitions' low watermarks (same order as `ranges`).
     ///
@@ -650,7 +650,7 @@ impl TopicReader {
         &self,
         ranges: &[PartitionRange],
         lows: &[i64],
-        mut each: impl FnMut(i32, i64, Option<i64>, &[u8]) -> Result<()>,
+        mut each: impl FnMut(i32, i64, Option<i64>, &[u8], Option<&[u8]>) -> Result<()>,
     ) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
         let mut slots: Vec<Slot> = Vec::new();
@@ -757,6 +757,11 @@ impl TopicReader {
                 off,
                 m.timestamp().to_millis(),
                 m.payload().unwrap_or(&[]),
+                m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == crate::pull::decode::VALUE_SCHEMA_ID_HEADER)
+                        .and_then(|h| h.value)
+                }),
             )?;
             if slot.next >= slot.end {
                 slot.done = true;

@@ -116,7 +116,8 @@ fn nan_none(v: f64) -> Option<f64> {
 }
 
 fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    // Milliseconds: two runs within a second still get their own record, in order.
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 fn parse_time(s: &str) -> Option<std::time::SystemTime> {
@@ -552,12 +553,29 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
     let json_bytes = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(e.into()))?;
     crate::fsutil::write_atomic(&s.out.join("monitor.json"), &json_bytes)?;
     crate::fsutil::write_atomic(&s.out.join("monitor.md"), markdown.as_bytes())?;
-    let key = format!(
-        "monitoring/{}-{}.json",
+    // Never over another run's record: a second run in the same millisecond gets a suffix.
+    let stem = format!(
+        "monitoring/{}-{}",
         report.time.replace(':', ""),
         &pointer.sha
     );
-    store.put(&key, &json_bytes, crate::store::Cond::IfAbsent)?;
+    for n in 0.. {
+        let key = match n {
+            0 => format!("{stem}.json"),
+            n => format!("{stem}-{n}.json"),
+        };
+        match store.put(&key, &json_bytes, crate::store::Cond::IfAbsent)? {
+            crate::store::Put::Written { .. } => break,
+            crate::store::Put::ConditionFailed if n < 100 => continue,
+            crate::store::Put::ConditionFailed => {
+                return Err(Error::Store {
+                    uri: store.uri(),
+                    message: format!("{stem}.json and 100 suffixed keys are all taken"),
+                    hint: "look at what writes under monitoring/ besides monitor".into(),
+                })
+            }
+        }
+    }
     Ok((report, markdown))
 }
 
@@ -580,25 +598,14 @@ pub fn render(r: &Report) -> String {
         fmt(p.rmse, 2), fmt(p.mae, 2), fmt(p.r2, 4), fmt(p.mape, 2), fmt(p.stored_rmse, 2),
         fmt(p.rmse_ratio, 3), fmt(p.rmse_ratio_low, 3), fmt(p.rmse_ratio_high, 3)
     ));
-    let mut by_psi: Vec<&FeatureDrift> = r.features.iter().filter(|f| f.psi.is_some()).collect();
-    by_psi.sort_by(|a, b| b.psi.unwrap_or(0.0).total_cmp(&a.psi.unwrap_or(0.0)));
-    if !by_psi.is_empty() {
-        let top: Vec<&&FeatureDrift> = by_psi.iter().take(8).collect();
-        md.push_str("```mermaid\nxychart-beta\n    title \"PSI against production's train split (top 8)\"\n");
-        md.push_str(&format!(
-            "    x-axis [{}]\n",
-            top.iter()
-                .map(|f| format!("\"{}\"", f.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        md.push_str(&format!(
-            "    bar [{}]\n```\n\n",
-            top.iter()
-                .map(|f| format!("{:.4}", f.psi.unwrap_or(0.0)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    let chart = crate::drift::psi_chart(
+        &r.features,
+        8,
+        "PSI against production's train split (top 8)",
+    );
+    if !chart.is_empty() {
+        md.push_str(&chart);
+        md.push('\n');
     }
     md.push_str("| feature | band | PSI | noise | JS | KS | W1/σ | outside | missing |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for f in r.features.iter().chain(r.target.iter()) {

@@ -140,6 +140,10 @@ pub struct SourceInfo {
     /// (none for bare FeatureVectors).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub schema_ids: BTreeMap<u32, u64>,
+    /// The schema GUIDs of Confluent's header framing (`__value_schema_id`), with how many
+    /// messages carried each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schema_guids: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,6 +225,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
     let (mut cols, mut source_info, reader) = read_source(settings, progress)?;
     progress.finish();
     source_info.schema_ids = std::mem::take(&mut cols.schema_ids);
+    source_info.schema_guids = std::mem::take(&mut cols.schema_guids);
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "read and decoded"
@@ -417,6 +422,8 @@ struct Batch {
     data: Vec<u8>,
     /// (partition, offset, start, len) per message.
     msgs: Vec<(i32, i64, u32, u32)>,
+    /// (message index in `msgs`, start, len) of the `__value_schema_id` headers, in order.
+    headers: Vec<(u32, u32, u32)>,
 }
 
 const BATCH: usize = 4096;
@@ -437,8 +444,13 @@ fn decode_parallel(
                 s.spawn(move || {
                     let mut dec = Decoder::with_format(features, time, settings.payload_format);
                     for b in rx {
-                        for &(p, o, start, len) in &b.msgs {
-                            dec.push(p, o, &b.data[start as usize..(start + len) as usize]);
+                        let mut headers = b.headers.iter().peekable();
+                        for (k, &(p, o, start, len)) in b.msgs.iter().enumerate() {
+                            let payload = &b.data[start as usize..(start + len) as usize];
+                            let header = headers
+                                .next_if(|h| h.0 as usize == k)
+                                .map(|&(_, s, l)| &b.data[s as usize..(s + l) as usize]);
+                            dec.push_framed(p, o, payload, header);
                         }
                     }
                     dec.out
@@ -569,6 +581,7 @@ fn read_file(
             let mut batch = Batch {
                 data: block.data,
                 msgs: Vec::with_capacity(block.spans.len()),
+                headers: Vec::new(),
             };
             let mut bytes = 0u64;
             for (s, l) in block.spans {
@@ -600,6 +613,7 @@ fn read_file(
             name,
             window: settings.window.to_string(),
             schema_ids: BTreeMap::new(),
+            schema_guids: BTreeMap::new(),
             partitions: vec![PartitionRange {
                 partition: 0,
                 start,
@@ -666,7 +680,7 @@ fn read_kafka(
     let mut cols = decode_parallel(settings, rule, |tx| {
         let mut batch = Batch::default();
         let mut unreported = 0u64;
-        reader.read(&ranges, &lows, |p, o, ts, payload| {
+        reader.read(&ranges, &lows, |p, o, ts, payload, header| {
             unreported += 1;
             if unreported == BATCH as u64 {
                 progress.inc(unreported);
@@ -683,6 +697,13 @@ fn read_kafka(
             if let Some(t) = taken.iter_mut().find(|t| t.0 == p) {
                 t.1 = t.1.min(o);
                 t.2 = t.2.max(o + 1);
+            }
+            if let Some(h) = header {
+                let at = batch.data.len() as u32;
+                batch.data.extend_from_slice(h);
+                batch
+                    .headers
+                    .push((batch.msgs.len() as u32, at, h.len() as u32));
             }
             let start = batch.data.len() as u32;
             batch.data.extend_from_slice(payload);
@@ -726,6 +747,7 @@ fn read_kafka(
             window: settings.window.to_string(),
             partitions: partitions_info,
             schema_ids: BTreeMap::new(),
+            schema_guids: BTreeMap::new(),
         },
         reader,
     ))

@@ -286,6 +286,56 @@ fn data_section(d: &Dataset) -> String {
     s
 }
 
+fn data_drift_section(d: &crate::drift::TrainingDrift) -> String {
+    let moved = d.moved();
+    let mut s = format!(
+        "\n### Training data against production\n\nThe candidate's {} train rows against production `{}`'s train split \
+         (PSI on its deciles, atoms as their own bins; a band counts only above the sampling noise): ",
+        d.rows,
+        cell(&d.production_sha)
+    );
+    if moved.is_empty() {
+        s.push_str("no feature moved.\n");
+    } else {
+        let names: Vec<String> = moved
+            .iter()
+            .map(|f| {
+                format!(
+                    "`{}` {} (PSI {})",
+                    cell(&f.name),
+                    f.band,
+                    num(f.psi.unwrap_or(0.0))
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "**{} moved**: {}.", moved.len(), names.join(", "));
+    }
+    s.push('\n');
+    s.push_str(&crate::drift::psi_chart(
+        &d.features,
+        8,
+        "PSI against production's train split (top 8)",
+    ));
+    s.push_str("\n| feature | band | PSI | noise | KS | W1/σ | outside range | missing (production) |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    let opt = |v: Option<f64>| v.map_or("–".to_string(), num);
+    for f in &d.features {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
+            cell(&f.name),
+            f.band,
+            opt(f.psi),
+            opt(f.noise_floor),
+            opt(f.ks),
+            opt(f.w1_over_sd),
+            opt(f.outside_range),
+            opt(f.missing_rate),
+            opt(f.reference_missing_rate)
+        );
+    }
+    s
+}
+
 /// At most `max` evenly spaced points of a series (first and last kept).
 fn thin(n: usize, max: usize) -> Vec<usize> {
     if n <= max {
@@ -405,6 +455,9 @@ pub fn render(input: &Input, limit: usize) -> String {
     if let Some(g) = &m.attribution {
         rest.push(("attribution", attribution_section(g)));
     }
+    if let Some(d) = &m.data_drift {
+        rest.push(("data drift", data_drift_section(d)));
+    }
     if let Some(l) = links_section(input) {
         rest.push(("links", format!("\n{l}")));
     }
@@ -486,6 +539,7 @@ mod tests {
             checks,
             force: None,
             attribution: None,
+            data_drift: None,
             rows: [("power".to_string(), 1000)].into(),
             seed: 1,
             mask_rate: 0.5,

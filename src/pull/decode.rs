@@ -18,9 +18,10 @@ use crate::schema::{metric, FeatureSet, FeatureSource};
 pub enum Reason {
     Undecodable,
     /// Confluent framing whose message index is not the first type (FeatureVector).
-    UnsupportedMessageIndex,
-    /// A first byte that is no framing this pull reads (`--payload-format confluent`).
-    UnknownMagicByte,
+    WrongMessageType,
+    /// A magic byte that is no framing this pull reads: a first byte other than 0 with
+    /// `--payload-format confluent`, or a `__value_schema_id` header not starting with 1.
+    UnknownFraming,
     MissingTarget,
     NonFiniteTarget,
     NegativeTarget,
@@ -33,8 +34,8 @@ pub enum Reason {
 impl Reason {
     pub const INVALID: [Reason; 8] = [
         Reason::Undecodable,
-        Reason::UnsupportedMessageIndex,
-        Reason::UnknownMagicByte,
+        Reason::WrongMessageType,
+        Reason::UnknownFraming,
         Reason::MissingTarget,
         Reason::NonFiniteTarget,
         Reason::NegativeTarget,
@@ -45,8 +46,8 @@ impl Reason {
     pub fn name(self) -> &'static str {
         match self {
             Reason::Undecodable => "undecodable",
-            Reason::UnsupportedMessageIndex => "unsupported_message_index",
-            Reason::UnknownMagicByte => "unknown_magic_byte",
+            Reason::WrongMessageType => "wrong_message_type",
+            Reason::UnknownFraming => "unknown_framing",
             Reason::MissingTarget => "missing_target",
             Reason::NonFiniteTarget => "non_finite_target",
             Reason::NegativeTarget => "negative_target",
@@ -107,7 +108,7 @@ pub fn unframe(payload: &[u8], format: PayloadFormat) -> Result<(&[u8], Option<u
             Some(0) => true,
             Some(b) => {
                 return Err((
-                    Reason::UnknownMagicByte,
+                    Reason::UnknownFraming,
                     format!("first byte {b:#04x}, not Confluent's magic byte 0x00"),
                 ))
             }
@@ -124,31 +125,83 @@ pub fn unframe(payload: &[u8], format: PayloadFormat) -> Result<(&[u8], Option<u
         ));
     };
     let id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
-    let bad_index = |why: String| (Reason::Undecodable, format!("schema id {id}: {why}"));
-    let mut at = 5;
-    let (count, used) =
-        zigzag_varint(&payload[at..]).ok_or_else(|| bad_index("no message index".into()))?;
-    at += used;
+    let used = message_indexes(&payload[5..], &format!("schema id {id}"))?;
+    Ok((&payload[5 + used..], Some(id)))
+}
+
+/// Checks the message-index varints at the start of `b` (a count, then the indexes; the
+/// single byte 0 for the first type) name the first message type: the bytes they use.
+fn message_indexes(b: &[u8], what: &str) -> Result<usize, Unreadable> {
+    let bad_index = |why: String| (Reason::Undecodable, format!("{what}: {why}"));
+    let (count, mut at) = zigzag_varint(b).ok_or_else(|| bad_index("no message index".into()))?;
     // The array [0] is written as a single 0 (its length); otherwise length, then indexes.
+    if count == 0 {
+        return Ok(at);
+    }
+    if !(0..=64).contains(&count) {
+        return Err(bad_index(format!("message index count {count}")));
+    }
     let mut indexes = Vec::new();
-    if count != 0 {
-        if !(0..=64).contains(&count) {
-            return Err(bad_index(format!("message index count {count}")));
-        }
-        for _ in 0..count {
-            let (i, used) = zigzag_varint(&payload[at..])
-                .ok_or_else(|| bad_index("message index cut short".into()))?;
-            indexes.push(i);
-            at += used;
-        }
-        if indexes != [0] {
+    for _ in 0..count {
+        let (i, used) =
+            zigzag_varint(&b[at..]).ok_or_else(|| bad_index("message index cut short".into()))?;
+        indexes.push(i);
+        at += used;
+    }
+    if indexes != [0] {
+        return Err((
+            Reason::WrongMessageType,
+            format!("{what}, message index {indexes:?}: only the first message type (FeatureVector) is read"),
+        ));
+    }
+    Ok(at)
+}
+
+/// The header that carries the value's schema id in Confluent's newer framing.
+pub const VALUE_SCHEMA_ID_HEADER: &str = "__value_schema_id";
+
+/// The schema GUID of a `__value_schema_id` header value (magic 1, the 16-byte GUID, then
+/// the message-index varints; the value itself is then a bare FeatureVector), written as
+/// a lower-case hyphenated UUID, or why it cannot be read.
+pub fn schema_guid(header: &[u8]) -> Result<String, Unreadable> {
+    match header.first() {
+        Some(1) => {}
+        Some(b) => {
             return Err((
-                Reason::UnsupportedMessageIndex,
-                format!("schema id {id}, message index {indexes:?}: only the first message type (FeatureVector) is read"),
-            ));
+                Reason::UnknownFraming,
+                format!("{VALUE_SCHEMA_ID_HEADER} header starts with {b:#04x}, not Confluent's magic byte 0x01"),
+            ))
+        }
+        None => {
+            return Err((
+                Reason::UnknownFraming,
+                format!("{VALUE_SCHEMA_ID_HEADER} header is empty"),
+            ))
         }
     }
-    Ok((&payload[at..], Some(id)))
+    let Some(g) = header.get(1..17) else {
+        return Err((
+            Reason::Undecodable,
+            format!(
+                "{VALUE_SCHEMA_ID_HEADER} header cut short: {} bytes",
+                header.len()
+            ),
+        ));
+    };
+    let hex: String = g.iter().map(|b| format!("{b:02x}")).collect();
+    let guid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    // Protobuf serializers append the message indexes; other formats write none.
+    if header.len() > 17 {
+        message_indexes(&header[17..], &format!("schema {guid}"))?;
+    }
+    Ok(guid)
 }
 
 /// A quarantined record: where it was and why.
@@ -184,6 +237,8 @@ pub struct Columns {
     pub skipped: u64,
     /// Confluent schema ids seen, with how many messages carried each.
     pub schema_ids: std::collections::BTreeMap<u32, u64>,
+    /// Schema GUIDs seen in `__value_schema_id` headers, with how many messages carried each.
+    pub schema_guids: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a time window does to a record whose own `timestamp_ms` lies outside it.
@@ -250,8 +305,34 @@ impl<'a> Decoder<'a> {
 
     /// Decodes one message and keeps it as a row or as a quarantined record.
     pub fn push(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+        self.push_framed(partition, offset, payload, None);
+    }
+
+    /// `push` for a message that may carry a `__value_schema_id` header (`schema_header`):
+    /// with one (and any format but raw) the value is a bare FeatureVector.
+    pub fn push_framed(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        schema_header: Option<&[u8]>,
+    ) {
         self.out.messages += 1;
         self.fv.clear();
+        if let (Some(h), false) = (schema_header, self.format == PayloadFormat::Raw) {
+            match schema_guid(h) {
+                Ok(guid) => match self.out.schema_guids.get_mut(&guid) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.out.schema_guids.insert(guid, 1);
+                    }
+                },
+                Err((reason, detail)) => {
+                    return self.reject(partition, offset, reason, detail, false)
+                }
+            }
+            return self.decode(partition, offset, payload);
+        }
         let payload = match unframe(payload, self.format) {
             Ok((bare, id)) => {
                 if let Some(id) = id {
@@ -261,6 +342,11 @@ impl<'a> Decoder<'a> {
             }
             Err((reason, detail)) => return self.reject(partition, offset, reason, detail, false),
         };
+        self.decode(partition, offset, payload);
+    }
+
+    /// Decodes and validates a bare FeatureVector.
+    fn decode(&mut self, partition: i32, offset: i64, payload: &[u8]) {
         if let Err(e) = self.fv.merge(payload) {
             self.reject(partition, offset, Reason::Undecodable, e.to_string(), false);
             return;
@@ -392,6 +478,9 @@ impl Columns {
         for (id, n) in other.schema_ids {
             *self.schema_ids.entry(id).or_default() += n;
         }
+        for (guid, n) in other.schema_guids {
+            *self.schema_guids.entry(guid).or_default() += n;
+        }
     }
 }
 
@@ -425,18 +514,77 @@ mod tests {
         );
         let other = [&[0u8, 0, 0, 0, 7, 2, 2][..], fv].concat();
         let (reason, detail) = unframe(&other, PayloadFormat::Auto).unwrap_err();
-        assert_eq!(reason, Reason::UnsupportedMessageIndex);
+        assert_eq!(reason, Reason::WrongMessageType);
         assert!(
             detail.contains("schema id 7") && detail.contains("[1]"),
             "{detail}"
         );
         let (reason, _) = unframe(fv, PayloadFormat::Confluent).unwrap_err();
-        assert_eq!(reason, Reason::UnknownMagicByte);
+        assert_eq!(reason, Reason::UnknownFraming);
         let (reason, _) = unframe(&[0, 0, 1], PayloadFormat::Auto).unwrap_err();
         assert_eq!(reason, Reason::Undecodable);
         // A negative zig-zag value is read as such (-1 = 1), and refused as a count.
         assert_eq!(zigzag_varint(&[1]), Some((-1, 1)));
         assert_eq!(zigzag_varint(&[0xac, 0x02]), Some((150, 2)));
+    }
+
+    #[test]
+    fn the_header_form_names_a_guid_and_its_value_is_bare() {
+        let guid: [u8; 16] = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef,
+        ];
+        let header = [&[1u8][..], &guid, &[0]].concat();
+        assert_eq!(
+            schema_guid(&header).unwrap(),
+            "12345678-9abc-def0-0123-456789abcdef"
+        );
+        // Without message indexes (non-protobuf serializers) it is the GUID alone.
+        assert!(schema_guid(&header[..17]).is_ok());
+        let (reason, detail) = schema_guid(&[&[0u8][..], &guid].concat()).unwrap_err();
+        assert_eq!(reason, Reason::UnknownFraming);
+        assert!(detail.contains("__value_schema_id"), "{detail}");
+        let other_type = [&[1u8][..], &guid, &[2, 2]].concat();
+        assert_eq!(
+            schema_guid(&other_type).unwrap_err().0,
+            Reason::WrongMessageType
+        );
+        assert_eq!(
+            schema_guid(&header[..9]).unwrap_err().0,
+            Reason::Undecodable
+        );
+
+        // Through the decoder: a bare value with the header is read in auto and confluent
+        // form (confluent would refuse the bare value without it), and counted by GUID.
+        let features = FeatureSet::default_metrics();
+        let mut bare = Vec::new();
+        good().encode(&mut bare).unwrap();
+        for format in [PayloadFormat::Auto, PayloadFormat::Confluent] {
+            let mut dec = Decoder::with_format(&features, TimeRule::Any, format);
+            dec.push_framed(0, 0, &bare, Some(&header));
+            dec.push_framed(0, 1, &bare, Some(&other_type));
+            dec.push_framed(0, 2, &bare, None);
+            assert_eq!(
+                dec.out.rows(),
+                1 + usize::from(format == PayloadFormat::Auto)
+            );
+            assert_eq!(
+                dec.out
+                    .schema_guids
+                    .get("12345678-9abc-def0-0123-456789abcdef"),
+                Some(&1)
+            );
+            let reasons: Vec<Reason> = dec.out.quarantined.iter().map(|q| q.reason).collect();
+            let mut want = vec![Reason::WrongMessageType];
+            if format == PayloadFormat::Confluent {
+                want.push(Reason::UnknownFraming);
+            }
+            assert_eq!(reasons, want);
+        }
+        // raw ignores the header: the value is read as it is.
+        let mut dec = Decoder::with_format(&features, TimeRule::Any, PayloadFormat::Raw);
+        dec.push_framed(0, 0, &bare, Some(&other_type));
+        assert_eq!((dec.out.rows(), dec.out.schema_guids.len()), (1, 0));
     }
 
     fn good() -> FeatureVector {

@@ -257,31 +257,58 @@ impl BinCounter {
 }
 
 /// The references of the `names.len()` columns of row-major `values`, over the rows `rows`:
-/// the same as `column` for each, in two row-major passes (no column is gathered).
+/// the same as `column` for each, in row-major passes (no column is gathered), the columns
+/// shared out over the available cores.
 pub fn columns(names: &[String], values: &[f32], rows: &[u32]) -> Vec<ColumnReference> {
     let d = names.len();
-    let mut b: Vec<Builder> = (0..d).map(|_| Builder::new()).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, d.max(1));
+    let per = d.div_ceil(threads.max(1)).max(1);
+    let groups: Vec<std::ops::Range<usize>> =
+        (0..d).step_by(per).map(|a| a..(a + per).min(d)).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|g| s.spawn(|| columns_in(names, values, rows, d, g.clone())))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("reference thread"))
+            .collect()
+    })
+}
+
+/// `columns` for the columns `cols` of a row-major table with `d` columns.
+fn columns_in(
+    names: &[String],
+    values: &[f32],
+    rows: &[u32],
+    d: usize,
+    cols: std::ops::Range<usize>,
+) -> Vec<ColumnReference> {
+    let mut b: Vec<Builder> = cols.clone().map(|_| Builder::new()).collect();
     for &i in rows {
-        let row = &values[i as usize * d..(i as usize + 1) * d];
+        let row = &values[i as usize * d + cols.start..i as usize * d + cols.end];
         for (bj, &v) in b.iter_mut().zip(row) {
             bj.first(v);
         }
     }
     b.iter_mut().for_each(Builder::prepare);
     for &i in rows {
-        let row = &values[i as usize * d..(i as usize + 1) * d];
+        let row = &values[i as usize * d + cols.start..i as usize * d + cols.end];
         for (bj, &v) in b.iter_mut().zip(row) {
             bj.second(v);
         }
     }
     let mut refs: Vec<ColumnReference> = b
         .into_iter()
-        .zip(names)
+        .zip(&names[cols.clone()])
         .map(|(bj, name)| bj.finish(name))
         .collect();
     let mut counters: Vec<BinCounter> = refs.iter().map(BinCounter::new).collect();
     for &i in rows {
-        let row = &values[i as usize * d..(i as usize + 1) * d];
+        let row = &values[i as usize * d + cols.start..i as usize * d + cols.end];
         for (c, &v) in counters.iter_mut().zip(row) {
             c.add(v);
         }
@@ -345,10 +372,15 @@ mod tests {
         }
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let rows: Vec<u32> = (0..data.len() as u32).collect();
+        // (On a machine with several cores the columns are split over threads: 3 columns
+        // on 2 cores are the groups [a, b] and [c].)
         let all = columns(&names, &table, &rows);
+        assert_eq!(all.len(), 3);
+        for (j, name) in names.iter().enumerate() {
+            let c: Vec<f32> = table.iter().skip(j).step_by(3).copied().collect();
+            assert_eq!(all[j], column(name, &c), "column {name}");
+        }
         assert_eq!(all[0].quantiles, r.quantiles);
-        let c: Vec<f32> = table.iter().skip(2).step_by(3).copied().collect();
-        assert_eq!(all[2], column("c", &c));
     }
 
     #[test]

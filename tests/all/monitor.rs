@@ -46,8 +46,15 @@ impl Loop {
 
     fn monitor(&self, dir: &Path, out: &str, extra: &[&str]) -> (Output, serde_json::Value) {
         let mut args = vec![
-            "monitor", "--results", out, "--dispatch", "retrain.yml", "--kafka-timeout", "10",
-            "--min-rows", "500",
+            "monitor",
+            "--results",
+            out,
+            "--dispatch",
+            "retrain.yml",
+            "--kafka-timeout",
+            "10",
+            "--min-rows",
+            "500",
         ];
         args.extend_from_slice(extra);
         let o = self.run(dir, &args, &[]);
@@ -82,7 +89,10 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("gate.toml"), GATE).unwrap();
-    l.tansu.generate("fv", &["--rows", "6000", "--seed", "1", "--partitions", "2"]);
+    l.tansu.generate(
+        "fv",
+        &["--rows", "6000", "--seed", "1", "--partitions", "2"],
+    );
     let o = l.run(
         d,
         &["run", "--mode", "main", "--work", "w1", "--sha", "aaaa1111"],
@@ -95,21 +105,63 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     let (o, r) = l.monitor(d, "m1", &[]);
     assert_exit(&o, 0);
     assert_eq!(r["production_sha"], "aaaa1111");
-    assert_eq!(r["messages"], 3000, "the window is what came after production: {r}");
-    assert_eq!(r["verdict"], "ok", "{}", serde_json::to_string_pretty(&r).unwrap());
-    assert!(r["performance"]["rmse_ratio"].as_f64().unwrap() < 1.10, "{r}");
+    assert_eq!(
+        r["messages"], 3000,
+        "the window is what came after production: {r}"
+    );
+    assert_eq!(
+        r["verdict"],
+        "ok",
+        "{}",
+        serde_json::to_string_pretty(&r).unwrap()
+    );
+    assert!(
+        r["performance"]["rmse_ratio"].as_f64().unwrap() < 1.10,
+        "{r}"
+    );
     assert!(l.retrains().is_empty());
     assert!(d.join("m1/monitor.md").is_file());
+    // The PR check on data from the same generator: no feature moved.
+    let pr = [
+        ("EMSHAP_CI_GATE", "gate.toml"),
+        ("EMSHAP_CI_EPOCHS", "1"),
+        ("GITHUB_REF", "refs/pull/7/merge"),
+        ("EMSHAP_CI_WINDOW", "last:1500"),
+    ];
+    let o = l.run(d, &["run", "--mode", "pr", "--work", "p0"], &pr);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+    let report = std::fs::read_to_string(d.join("p0/eval/report.md")).unwrap();
+    assert!(
+        report.contains("### Training data against production"),
+        "{report}"
+    );
+    assert!(report.contains("no feature moved"), "{report}");
 
     // A new hardware mix: GPU utilisation 30 points higher, power by the same relation.
-    l.tansu.generate("fv", &["--rows", "3000", "--seed", "3", "--gpu-shift", "30"]);
+    l.tansu.generate(
+        "fv",
+        &["--rows", "3000", "--seed", "3", "--gpu-shift", "30"],
+    );
     let last = ["--window", "last:1500"];
     let (o, r) = l.monitor(d, "m2", &last);
     assert_exit(&o, 0);
-    assert_eq!(r["verdict"], "drift", "{}", serde_json::to_string_pretty(&r).unwrap());
-    let gpu = r["features"].as_array().unwrap().iter().find(|f| f["name"] == "gpu_util").unwrap();
+    assert_eq!(
+        r["verdict"],
+        "drift",
+        "{}",
+        serde_json::to_string_pretty(&r).unwrap()
+    );
+    let gpu = r["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "gpu_util")
+        .unwrap();
     assert_eq!(gpu["band"], "significant", "{gpu}");
-    assert!(r["dispatched"].is_null() && l.retrains().is_empty(), "one drift is not enough");
+    assert!(
+        r["dispatched"].is_null() && l.retrains().is_empty(),
+        "one drift is not enough"
+    );
     // The second drift in a row dispatches the retrain, with the window and the reason.
     let (o, r) = l.monitor(d, "m3", &[&last[..], &["--cooldown-hours", "0"]].concat());
     assert_exit(&o, 0);
@@ -117,18 +169,74 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     assert_eq!(r["dispatched"], "retrain.yml", "{r}");
     let sent = l.retrains();
     assert_eq!(sent.len(), 1);
-    assert!(sent[0]["reason"].as_str().unwrap().contains("drift"), "{sent:?}");
-    assert!(sent[0]["window"].as_str().unwrap().starts_with("offsets:") || sent[0]["window"] == "last:1500", "{sent:?}");
+    assert!(
+        sent[0]["reason"].as_str().unwrap().contains("drift"),
+        "{sent:?}"
+    );
+    assert!(
+        sent[0]["window"].as_str().unwrap().starts_with("offsets:")
+            || sent[0]["window"] == "last:1500",
+        "{sent:?}"
+    );
+
+    // The PR check on the new hardware mix shows the reviewer that the candidate was
+    // trained on different data: its train split against production's reference.
+    let pr = [
+        ("EMSHAP_CI_GATE", "gate.toml"),
+        ("EMSHAP_CI_EPOCHS", "1"),
+        ("GITHUB_REF", "refs/pull/7/merge"),
+        ("EMSHAP_CI_WINDOW", "last:1500"),
+    ];
+    let o = l.run(d, &["run", "--mode", "pr", "--work", "p1"], &pr);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("p1/eval/metrics.json")).unwrap()).unwrap();
+    let dd = &m["data_drift"];
+    assert_eq!(dd["production_sha"], "aaaa1111", "{m}");
+    let band = |name: &str| {
+        dd["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()["band"]
+            .clone()
+    };
+    assert_eq!(band("gpu_util"), "significant", "{dd}");
+    assert_eq!(band("cpu_util"), "stable", "{dd}");
+    let report = std::fs::read_to_string(d.join("p1/eval/report.md")).unwrap();
+    assert!(
+        report.contains("### Training data against production"),
+        "{report}"
+    );
+    assert!(report.contains("`gpu_util` significant"), "{report}");
+    assert!(report.contains("xychart-beta"), "{report}");
+    let comments = l.stand.comments();
+    assert!(comments.last().unwrap()["body"]
+        .as_str()
+        .unwrap()
+        .contains("`gpu_util` significant"));
 
     // A changed relation: the same features, power 20 % higher.
-    l.tansu.generate("fv", &["--rows", "3000", "--seed", "4", "--power-scale", "1.2"]);
+    l.tansu.generate(
+        "fv",
+        &["--rows", "3000", "--seed", "4", "--power-scale", "1.2"],
+    );
     let (o, r) = l.monitor(d, "m4", &last);
     assert_exit(&o, 0);
-    assert_eq!(r["verdict"], "degraded", "{}", serde_json::to_string_pretty(&r).unwrap());
+    assert_eq!(
+        r["verdict"],
+        "degraded",
+        "{}",
+        serde_json::to_string_pretty(&r).unwrap()
+    );
     assert!(r["performance"]["rmse_ratio_low"].as_f64().unwrap() > 1.0);
     // Within the cooldown of the last dispatch: not dispatched again, and it says why.
     assert!(r["dispatched"].is_null(), "{r}");
-    assert!(r["dispatch_note"].as_str().unwrap().contains("cooldown"), "{r}");
+    assert!(
+        r["dispatch_note"].as_str().unwrap().contains("cooldown"),
+        "{r}"
+    );
     assert_eq!(l.retrains().len(), 1);
     let (o, r) = l.monitor(d, "m5", &[&last[..], &["--cooldown-hours", "0"]].concat());
     assert_exit(&o, 0);
@@ -139,7 +247,10 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     assert_exit(&o, 1);
 
     // gpu_util missing in 20 % of the messages: invalid, exit 4, nothing dispatched.
-    l.tansu.generate("fv", &["--rows", "3000", "--seed", "5", "--gpu-missing", "0.2"]);
+    l.tansu.generate(
+        "fv",
+        &["--rows", "3000", "--seed", "5", "--gpu-missing", "0.2"],
+    );
     let (o, r) = l.monitor(d, "m7", &[&last[..], &["--cooldown-hours", "0"]].concat());
     assert_exit(&o, 4);
     assert_eq!(r["verdict"], "invalid");

@@ -428,8 +428,8 @@ fn kafka_group_commit_then_committed_window_reads_only_new_messages() {
 
 /// Values written by Confluent's own serializer (confluent-kafka's ProtobufSerializer with a
 /// mock:// Schema Registry): `auto` reads them all and records the schema id in the lineage;
-/// `confluent` refuses a bare value as `unknown_magic_byte`; a value of another message type
-/// is `unsupported_message_index`; `raw` reads none of the framed ones.
+/// `confluent` refuses a bare value as `unknown_framing`; a value of another message type
+/// is `wrong_message_type`; `raw` reads none of the framed ones.
 #[test]
 fn kafka_confluent_schema_registry_framing_is_read() {
     let t = Tansu::start();
@@ -445,7 +445,7 @@ fn kafka_confluent_schema_registry_framing_is_read() {
     );
     let c = counts(dir.path(), "auto");
     assert_eq!(c["messages"], 602);
-    assert_eq!(c["invalid"]["unsupported_message_index"], 1, "{c}");
+    assert_eq!(c["invalid"]["wrong_message_type"], 1, "{c}");
     assert_eq!(c["invalid"]["non_finite_feature"], 1, "{c}");
     assert_eq!(c["rows"], 600, "{c}");
     let ds = dataset(&dir.path().join("auto"));
@@ -472,7 +472,7 @@ fn kafka_confluent_schema_registry_framing_is_read() {
         ],
     );
     let c = counts(dir.path(), "conf");
-    assert_eq!(c["invalid"]["unknown_magic_byte"], 1, "{c}");
+    assert_eq!(c["invalid"]["unknown_framing"], 1, "{c}");
     assert_eq!(c["rows"], 600, "{c}");
     // raw: the framed ones do not decode as bare FeatureVectors (too many invalid: exit 4).
     let o = run(
@@ -490,6 +490,51 @@ fn kafka_confluent_schema_registry_framing_is_read() {
         ],
     );
     assert_exit(&o, 4);
+}
+
+/// Confluent's newer header form, written by confluent-kafka's own ProtobufSerializer with
+/// `header_schema_id_serializer` (a bare value; magic 1, the schema GUID and the message
+/// index in the `__value_schema_id` header): read in auto and confluent form, the snapshot
+/// the same bytes as the one pulled from bare payloads of the same messages, the GUID in
+/// the lineage; a header naming another message type is `wrong_message_type`, one with
+/// another magic byte `unknown_framing`.
+#[test]
+fn kafka_confluent_header_framing_is_read_like_raw_payloads() {
+    let t = Tansu::start();
+    produce_python(&t, "srh", 600, &["--confluent-header"]);
+    produce_python(&t, "srr", 600, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let relaxed = ["--max-invalid-ratio", "0.5"];
+    pulled(&t, dir.path(), "srr", "raw", &relaxed);
+    for format in ["auto", "confluent"] {
+        pulled(
+            &t,
+            dir.path(),
+            "srh",
+            format,
+            &[relaxed[0], relaxed[1], "--payload-format", format],
+        );
+        let c = counts(dir.path(), format);
+        assert_eq!(c["messages"], 602, "{c}");
+        assert_eq!(c["rows"], 600, "{c}");
+        assert_eq!(c["invalid"]["wrong_message_type"], 1, "{c}");
+        assert_eq!(c["invalid"]["unknown_framing"], 1, "{c}");
+        let ds = dataset(&dir.path().join(format));
+        let guids = ds["source"]["schema_guids"].as_object().unwrap();
+        assert_eq!(guids.len(), 1, "{ds}");
+        let (guid, n) = guids.iter().next().unwrap();
+        assert_eq!(n, 600, "{ds}");
+        assert_eq!(guid.len(), 36, "a hyphenated UUID: {guid}");
+        assert!(ds["source"].get("schema_ids").is_none(), "{ds}");
+        for split in ["train", "val", "test"] {
+            let a = std::fs::read(dir.path().join(format!("{format}/{split}.parquet"))).unwrap();
+            let b = std::fs::read(dir.path().join(format!("raw/{split}.parquet"))).unwrap();
+            assert!(
+                a == b,
+                "{format}: {split}.parquet differs from the raw pull's"
+            );
+        }
+    }
 }
 
 /// Client properties reach librdkafka (a real one is used; a misspelt one is a settings

@@ -74,13 +74,19 @@ fn scheduled_workflows_run_at_off_minutes_with_the_least_permissions() {
         .map(str::trim)
         .filter(|l| l.ends_with(": write") || l.contains(": write #") || l.ends_with(": read"))
         .collect();
-    assert_eq!(perms, ["contents: read", "actions: write # dispatch retrain.yml"]);
+    assert_eq!(
+        perms,
+        ["contents: read", "actions: write # dispatch retrain.yml"]
+    );
     let retrain = text("retrain.yml");
     assert!(retrain.contains("cron: \"41 4 * * 1\""), "{retrain}");
     for (name, t) in &all {
         for l in t.lines().filter(|l| l.trim_start().starts_with("- cron:")) {
             let minute = l.split('"').nth(1).unwrap().split(' ').next().unwrap();
-            assert_ne!(minute, "0", "{name}: the top of the hour is when GitHub is busiest");
+            assert_ne!(
+                minute, "0",
+                "{name}: the top of the hour is when GitHub is busiest"
+            );
         }
     }
 }

@@ -8,7 +8,12 @@ mock:// Schema Registry (Confluent's wire format: magic 0, schema id, message in
 the two bad ones are a value framed with message index [1] (another message type) and a
 bare FeatureVector (magic byte 0x0a: not framed).
 
-usage: produce_fv.py BROKERS TOPIC N PROTO_DIR [--confluent]
+With --confluent-header the serializer writes Confluent's newer form instead
+(`schema.id.serializer` = header_schema_id_serializer): a bare value, and the schema as
+magic 1 + GUID + message index in the `__value_schema_id` header; the bad ones are a value
+whose header names message index [1], and one whose header starts with magic byte 0x07.
+
+usage: produce_fv.py BROKERS TOPIC N PROTO_DIR [--confluent | --confluent-header]
 """
 import importlib, math, os, sys, tempfile
 
@@ -17,7 +22,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from grpc_tools import protoc
 
 brokers, topic, n, proto_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-confluent = "--confluent" in sys.argv[5:]
+header_form = "--confluent-header" in sys.argv[5:]
+confluent = header_form or "--confluent" in sys.argv[5:]
 out = tempfile.mkdtemp()
 rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", os.path.join(proto_dir, "feature_vector.proto")])
 assert rc == 0, "protoc failed"
@@ -34,12 +40,16 @@ if confluent:
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
+    from confluent_kafka.schema_registry import header_schema_id_serializer
     registry = SchemaRegistryClient.new_client({"url": "mock://emshap-ci-test"})
-    serializer = ProtobufSerializer(pb.FeatureVector, registry)
-    ctx = SerializationContext(topic, MessageField.VALUE)
-    encode = lambda fv: serializer(fv, ctx)
+    conf = {"schema.id.serializer": header_schema_id_serializer} if header_form else {}
+    serializer = ProtobufSerializer(pb.FeatureVector, registry, conf)
+    def encode(fv):
+        headers = []
+        value = serializer(fv, SerializationContext(topic, MessageField.VALUE, headers))
+        return value, headers
 else:
-    encode = lambda fv: fv.SerializeToString()
+    encode = lambda fv: (fv.SerializeToString(), [])
 def done(err, msg):
     if err is not None:
         failed.append(err)
@@ -52,10 +62,20 @@ for i in range(n):
                               "cache_hit", "context_switch", "page_fault", "interrupts", "load_avg",
                               "process_count", "thread_count"]):
         setattr(fv, name, float(i) if j == 0 else float(i % 13 + j))
-    p.produce(topic, key=fv.node_id.encode(), value=encode(fv), on_delivery=done)
+    value, headers = encode(fv)
+    p.produce(topic, key=fv.node_id.encode(), value=value, headers=headers, on_delivery=done)
 bad = pb.FeatureVector(node_id="py-nan", timestamp_ms=1_700_000_000_000, power_watts=1.0, cpu_util=math.nan)
-if confluent:
-    framed = encode(bad)
+if header_form:
+    value, headers = encode(bad)
+    (key, guid), = headers
+    assert key == "__value_schema_id" and guid[0] == 1 and len(guid) == 18, headers
+    # The same GUID with message index [1] (zig-zag 2, 2), then an unknown magic byte.
+    p.produce(topic, key=b"py-index", value=value, headers=[(key, guid[:17] + bytes([2, 2]))], on_delivery=done)
+    p.produce(topic, key=b"py-magic", value=value, headers=[(key, bytes([7]) + guid[1:])], on_delivery=done)
+    import uuid
+    print("schema guid", uuid.UUID(bytes=bytes(guid[1:17])), file=sys.stderr)
+elif confluent:
+    framed, _ = encode(bad)
     # Magic 0, the same schema id, then message index [1] (array length 1, index 1: zig-zag 2, 2).
     other_type = framed[:5] + bytes([2, 2]) + bad.SerializeToString()
     p.produce(topic, key=b"py-index", value=other_type, on_delivery=done)
