@@ -51,6 +51,7 @@ pub fn run(cli: &Cli) -> Result<Outcome> {
         Command::Run(args) => crate::run::run(&cli.global, args),
         Command::Doctor(args) => crate::doctor::doctor(args, &config),
         Command::Monitor(args) => crate::monitor::command(args, &config, quiet),
+        Command::Expect(args) => crate::expect::command(args),
         Command::Explain(args) => {
             let s = settings::resolve_explain(args, &config)?;
             let progress = Progress::new("explain", quiet);

@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod evaluate;
+pub mod expect;
 pub mod explain;
 pub mod generate;
 pub mod github;
@@ -101,6 +102,9 @@ pub enum Command {
     /// split, give a verdict (ok, watch, drift, degraded, insufficient_data, invalid) and, with
     /// --dispatch, start the retrain workflow when it asks for one.
     Monitor(monitor::MonitorArgs),
+    /// Data expectations: --init proposes them (per feature min/max with mostly, missing
+    /// rate, mean and sd ranges; the window's rows) from a snapshot's reference, for review.
+    Expect(expect::ExpectArgs),
     /// The whole chain for a mode: pr (pull → train → evaluate → report → comment), main
     /// (… → publish → promote on pass → dispatch) or retrain; --resume skips what is done.
     Run(run::RunArgs),
@@ -125,6 +129,7 @@ impl Command {
             Command::Dispatch(_) => "dispatch",
             Command::Doctor(_) => "doctor",
             Command::Monitor(_) => "monitor",
+            Command::Expect(_) => "expect",
             Command::Run(_) => "run",
         }
     }

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod drift;
 pub mod error;
 pub mod evaluate;
+pub mod expect;
 pub mod explain;
 pub mod facts;
 pub mod framing;

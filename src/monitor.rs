@@ -86,6 +86,9 @@ pub struct Report {
     pub performance: Performance,
     pub features: Vec<FeatureDrift>,
     pub target: Option<FeatureDrift>,
+    /// What `[expectations]` found in the window (empty without expectations or findings).
+    #[serde(default)]
+    pub expectations: Vec<crate::expect::Finding>,
     /// Features weighted by production's mean |φ|: the share that drifted significantly.
     pub drifted_share: Option<f64>,
     pub top_features: Vec<String>,
@@ -401,9 +404,21 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         .get("power")
         .and_then(|p| p.get("r2"))
         .and_then(|r| r.min);
-    let (verdict, reason) = if let Some((m, name)) =
-        max_missing.clone().filter(|(m, _)| *m > MAX_MISSING)
-    {
+    let expected = match &pull.expectations {
+        Some(e) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            crate::expect::check(e, &cols, &dataset.features, now)
+        }
+        None => crate::expect::Outcome::default(),
+    };
+    let (verdict, reason) = if !expected.failed().is_empty() {
+        (
+            Verdict::Invalid,
+            format!("expectations failed: {}", expected.summary()),
+        )
+    } else if let Some((m, name)) = max_missing.clone().filter(|(m, _)| *m > MAX_MISSING) {
         (
             Verdict::Invalid,
             format!(
@@ -540,6 +555,7 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         performance: perf,
         features,
         target,
+        expectations: expected.findings.clone(),
         drifted_share,
         top_features: top.iter().map(|&j| dataset.features[j].clone()).collect(),
         dispatched,
@@ -624,6 +640,10 @@ pub fn render(r: &Report) -> String {
     }
     if let Some(w) = &r.dispatched {
         md.push_str(&format!("\nDispatched `{w}`.\n"));
+    }
+    if !r.expectations.is_empty() {
+        md.push_str("\n### Expectations\n\n");
+        md.push_str(&crate::expect::table(&r.expectations));
     }
     if let Some(n) = &r.dispatch_note {
         md.push_str(&format!("\n{n}.\n"));

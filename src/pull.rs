@@ -109,6 +109,8 @@ pub struct PullSettings {
     pub workers: usize,
     /// How message values are framed (DESIGN §3).
     pub payload_format: decode::PayloadFormat,
+    /// `[expectations]` (or `--expectations FILE`), checked on the valid rows.
+    pub expectations: Option<crate::expect::Expectations>,
 }
 
 /// `dataset.json`: the snapshot's lineage and description.
@@ -161,6 +163,9 @@ pub struct Counts {
     pub imputed: BTreeMap<String, u64>,
     /// Time windows: messages scanned whose timestamps lie outside it (not invalid).
     pub skipped_outside_window: u64,
+    /// Rows quarantined by `[expectations]` (`unexpected_value`; not invalid).
+    #[serde(default)]
+    pub unexpected: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -251,6 +256,23 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
         return Err(reject(settings, cols, &invalid, &source_info.name));
     }
     let valid = cols.rows() as u64;
+    let unexpected = match &settings.expectations {
+        None => 0,
+        Some(e) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let o = crate::expect::check(e, &cols, settings.features.names(), now);
+            if !o.findings.is_empty() {
+                eprintln!("Expectations:\n\n{}", o.table());
+            }
+            if !o.failed().is_empty() {
+                return Err(reject_expectations(settings, cols, &o, &source_info.name));
+            }
+            cols.quarantine_rows(&o.quarantine, Reason::UnexpectedValue);
+            o.quarantine.len() as u64
+        }
+    };
 
     let spec = SnapshotSpec {
         features: settings.features.names().to_vec(),
@@ -300,6 +322,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
             max_invalid_ratio: settings.max_invalid_ratio,
             imputed,
             skipped_outside_window: cols.skipped,
+            unexpected,
         },
         split: plan.split_info.into_iter().collect(),
         scaler: ScalerInfo {
@@ -370,6 +393,32 @@ fn reject(
         settings.max_invalid_ratio * 100.0,
         by.join(", "),
         path.display()
+    ))
+}
+
+/// The pull's refusal when an expectation fails: the quarantine written beside `--out`
+/// (as for too many invalid messages), the table already printed, one line naming them.
+fn reject_expectations(
+    settings: &PullSettings,
+    cols: Columns,
+    o: &crate::expect::Outcome,
+    topic: &str,
+) -> Error {
+    let path = settings
+        .quarantine
+        .clone()
+        .unwrap_or_else(|| sibling(&settings.out, ".quarantine.jsonl"));
+    let mut q = cols.quarantined;
+    q.sort_by_key(|q| (q.partition, q.offset));
+    if let Err(e) = snapshot::write_quarantine(&path, &q, topic) {
+        return e;
+    }
+    let failed = o.failed();
+    Error::data(format!(
+        "{} expectation{} failed: {}; no snapshot written (the table above has examples with their offsets; fix the data, or the [expectations])",
+        failed.len(),
+        if failed.len() == 1 { "" } else { "s" },
+        o.summary()
     ))
 }
 

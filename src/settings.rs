@@ -50,6 +50,9 @@ pub struct ConfigFile {
     pub report: ReportSection,
     #[serde(default)]
     pub run: RunSection,
+    /// Data expectations checked by pull and monitor.
+    #[serde(default)]
+    pub expectations: Option<crate::expect::Expectations>,
 }
 
 /// `[explain]`.
@@ -552,6 +555,24 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
         })?,
         (None, None) => crate::pull::decode::PayloadFormat::Auto,
     };
+    let expectations = match &args.expectations {
+        Some(path) => {
+            let e = crate::expect::Expectations::load(path)?;
+            e.validate(
+                features.names(),
+                &format!("--expectations {}", path.display()),
+            )?;
+            Some(e)
+        }
+        None => match &file.expectations {
+            Some(e) => {
+                e.validate(features.names(), "[expectations]")?;
+                Some(e.clone())
+            }
+            None => None,
+        },
+    }
+    .filter(|e| !e.is_empty());
     Ok(PullSettings {
         source,
         kafka: kafka_config(
@@ -582,6 +603,7 @@ pub fn resolve_pull(args: &PullArgs, file: &ConfigFile) -> Result<PullSettings> 
         commit,
         workers,
         payload_format,
+        expectations,
     })
 }
 

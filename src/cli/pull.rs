@@ -82,6 +82,11 @@ pub struct PullArgs {
     )]
     pub payload_format: Option<crate::pull::decode::PayloadFormat>,
 
+    /// A TOML file of data expectations (the keys of `[expectations]`: rows, freshness_minutes,
+    /// features.NAME.{min,max,mostly,max_missing,mean,sd}); replaces the config's.
+    #[arg(long, env = "EMSHAP_CI_EXPECTATIONS")]
+    pub expectations: Option<PathBuf>,
+
     #[command(flatten)]
     pub kafka_security: crate::cli::kafka::KafkaSecurityArgs,
 }

@@ -29,6 +29,9 @@ pub enum Reason {
     OutsideWindow,
     /// Not invalid: an earlier copy of a (node_id, timestamp_ms) seen again later.
     Duplicate,
+    /// Not invalid: a value outside an expectation's min..max, in no more rows than its
+    /// `mostly` allows (`[expectations]`), left out of the snapshot.
+    UnexpectedValue,
 }
 
 impl Reason {
@@ -54,6 +57,7 @@ impl Reason {
             Reason::NonFiniteFeature => "non_finite_feature",
             Reason::OutsideWindow => "outside_window",
             Reason::Duplicate => "duplicate",
+            Reason::UnexpectedValue => "unexpected_value",
         }
     }
 }
@@ -451,6 +455,47 @@ impl Columns {
     }
 
     /// Appends another worker's columns, re-numbering its node ids.
+    /// Moves the rows `rows` (ascending) to the quarantine with `reason` and their details.
+    pub fn quarantine_rows(&mut self, rows: &[(usize, String)], reason: Reason) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut drop = vec![false; self.rows()];
+        for (i, detail) in rows {
+            drop[*i] = true;
+            self.quarantined.push(Quarantined {
+                partition: self.partition[*i],
+                offset: self.offset[*i],
+                reason,
+                detail: detail.clone(),
+                node_id: Some(self.node_names[self.node[*i] as usize].clone()),
+                timestamp_ms: Some(self.timestamp[*i]),
+            });
+        }
+        let d = self.d;
+        let mut k = 0;
+        for i in 0..drop.len() {
+            if drop[i] {
+                continue;
+            }
+            if k != i {
+                self.values.copy_within(i * d..(i + 1) * d, k * d);
+                self.power[k] = self.power[i];
+                self.timestamp[k] = self.timestamp[i];
+                self.node[k] = self.node[i];
+                self.partition[k] = self.partition[i];
+                self.offset[k] = self.offset[i];
+            }
+            k += 1;
+        }
+        self.values.truncate(k * d);
+        self.power.truncate(k);
+        self.timestamp.truncate(k);
+        self.node.truncate(k);
+        self.partition.truncate(k);
+        self.offset.truncate(k);
+    }
+
     pub fn append(&mut self, other: Columns) {
         let remap: Vec<u32> = other
             .node_names

@@ -256,7 +256,32 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     assert_eq!(r["verdict"], "invalid");
     assert!(r["reason"].as_str().unwrap().contains("gpu_util"), "{r}");
     assert_eq!(l.retrains().len(), 2);
+    // A failed expectation makes the window invalid too: exit 4, named, nothing dispatched.
+    std::fs::write(d.join("exp.toml"), "rows = { min = 1000000 }\n").unwrap();
+    let (o, r) = l.monitor(
+        d,
+        "m8",
+        &[
+            &last[..],
+            &["--cooldown-hours", "0", "--expectations", "exp.toml"],
+        ]
+        .concat(),
+    );
+    assert_exit(&o, 4);
+    assert_eq!(r["verdict"], "invalid");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("expectations failed: rows"),
+        "{r}"
+    );
+    assert_eq!(r["expectations"][0]["expectation"], "rows", "{r}");
+    assert!(std::fs::read_to_string(d.join("m8/monitor.md"))
+        .unwrap()
+        .contains("### Expectations"));
+    assert_eq!(l.retrains().len(), 2);
     // Every run left its record in the store.
     use emshap_ci::store::Store;
-    assert_eq!(l.s3.store("loop").list("monitoring/").unwrap().len(), 7);
+    assert_eq!(l.s3.store("loop").list("monitoring/").unwrap().len(), 8);
 }

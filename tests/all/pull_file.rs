@@ -430,3 +430,148 @@ fn the_snapshot_records_the_train_splits_exact_quantiles() {
     let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
     assert!((target["mean"].as_f64().unwrap() - mean).abs() < 1e-9 * mean.abs());
 }
+
+/// `[expectations]`: proposed by `expect --init` from a snapshot, they accept it; a range
+/// broken in fewer rows than `mostly` allows is quarantined as `unexpected_value` (offsets
+/// and values in quarantine.jsonl, left out of the snapshot); broken in more, or a missing
+/// rate, a mean or sd range, the row count or the freshness, it fails with exit 4, the
+/// table naming the expectation with examples and their offsets, and nothing written; a
+/// bad expectations file is exit 2 naming it.
+#[test]
+fn expectations_quarantine_what_mostly_allows_and_fail_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_exit(&run(d, &["pull", "--out", "base"]), 0);
+    let o = run(
+        d,
+        &["expect", "--init", "--data", "base", "--out", "exp.toml"],
+    );
+    assert_exit(&o, 0);
+    let proposed = std::fs::read_to_string(d.join("exp.toml")).unwrap();
+    assert!(
+        proposed.contains("[expectations.features.cpu_util]"),
+        "{proposed}"
+    );
+    // Not replaced.
+    assert_exit(
+        &run(
+            d,
+            &["expect", "--init", "--data", "base", "--out", "exp.toml"],
+        ),
+        2,
+    );
+    let o = run(d, &["pull", "--out", "ok", "--expectations", "exp.toml"]);
+    assert_exit(&o, 0);
+    // The proposal as a config file's [expectations] works the same.
+    std::fs::write(d.join("emshap-ci.toml"), &proposed).unwrap();
+    assert_exit(&run(d, &["pull", "--out", "ok2"]), 0);
+    std::fs::remove_file(d.join("emshap-ci.toml")).unwrap();
+
+    // cpu_util above the train split's p99: about 1 % of the rows.
+    let p99 = dataset(&d.join("base"))["reference"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "cpu_util")
+        .unwrap()["quantiles"][99]
+        .as_f64()
+        .unwrap();
+    let base_rows = dataset(&d.join("base"))["counts"]["rows"].as_u64().unwrap();
+    std::fs::write(
+        d.join("loose.toml"),
+        format!("[features.cpu_util]\nmax = {p99}\nmostly = 0.9\n"),
+    )
+    .unwrap();
+    let o = run(d, &["pull", "--out", "q", "--expectations", "loose.toml"]);
+    assert_exit(&o, 0);
+    let ds = dataset(&d.join("q"));
+    let unexpected = ds["counts"]["unexpected"].as_u64().unwrap();
+    assert!(
+        unexpected > 50 && unexpected < base_rows / 20,
+        "{unexpected}"
+    );
+    // Every message is a row, a duplicate, invalid, or unexpected (checked before the
+    // duplicates are removed, so a quarantined copy may leave its twin unduplicated).
+    let c = &ds["counts"];
+    let n = |k: &str| c[k].as_u64().unwrap();
+    assert_eq!(
+        n("messages"),
+        n("rows") + n("duplicates") + n("invalid_total") + unexpected,
+        "{c}"
+    );
+    let q = std::fs::read_to_string(d.join("q/quarantine.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["reason"] == "unexpected_value")
+        .collect();
+    assert_eq!(lines.len() as u64, unexpected);
+    assert!(
+        lines[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("cpu_util = "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0]["offset"].is_i64());
+    let split_rows: usize = ["train", "val", "test"]
+        .iter()
+        .map(|s| read_split(&d.join(format!("q/{s}.parquet"))).node_id.len())
+        .sum();
+    assert_eq!(split_rows as u64, n("rows"));
+
+    // The same range with mostly 1: exit 4, the table, nothing written but the quarantine.
+    std::fs::write(
+        d.join("strict.toml"),
+        format!("[features.cpu_util]\nmax = {p99}\n"),
+    )
+    .unwrap();
+    let o = run(d, &["pull", "--out", "s", "--expectations", "strict.toml"]);
+    assert_exit(&o, 4);
+    let err = stderr(&o);
+    assert!(
+        err.contains("| cpu_util.max |") && err.contains("✗ failed"),
+        "{err}"
+    );
+    assert!(err.contains("1 expectation failed: cpu_util.max"), "{err}");
+    assert!(!d.join("s").exists());
+    assert!(d.join("s.quarantine.jsonl").is_file());
+
+    // Aggregates: the mean, the sd, the row count, the freshness (the fixture is old).
+    for (text, name) in [
+        (
+            "[features.cpu_util]\nmean = { min = 1000.0 }\n",
+            "cpu_util.mean",
+        ),
+        ("[features.temp_cpu]\nsd = { max = 0.001 }\n", "temp_cpu.sd"),
+        ("rows = { min = 1000000 }\n", "rows"),
+        ("freshness_minutes = 60\n", "freshness_minutes"),
+        ("[features.power_watts]\nmax = 1.0\n", "power_watts.max"),
+    ] {
+        std::fs::write(d.join("agg.toml"), text).unwrap();
+        let o = run(d, &["pull", "--out", "agg", "--expectations", "agg.toml"]);
+        assert_exit(&o, 4);
+        let err = stderr(&o);
+        assert!(err.contains(&format!("| {name} |")), "{name}: {err}");
+        assert!(!d.join("agg").exists());
+    }
+
+    // Bad files: exit 2, naming the file and the key.
+    for (text, needle) in [
+        ("[features.cpu_util]\nmaxx = 1.0\n", "maxx"),
+        ("[features.not_a_feature]\nmax = 1.0\n", "not_a_feature"),
+        ("[features.cpu_util]\nmostly = 2.0\n", "mostly"),
+    ] {
+        std::fs::write(d.join("bad.toml"), text).unwrap();
+        let o = run(d, &["pull", "--out", "bad", "--expectations", "bad.toml"]);
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+    let o = run(
+        d,
+        &["pull", "--out", "bad", "--expectations", "absent.toml"],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("absent.toml"), "{}", stderr(&o));
+}
