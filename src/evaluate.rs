@@ -132,6 +132,10 @@ pub struct Metrics {
     /// feature and the target); absent without a production version that has a reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_drift: Option<crate::drift::TrainingDrift>,
+    /// The reference of the candidate's power predictions on the test rows: `monitor`
+    /// measures prediction drift against it (absent in older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_reference: Option<crate::pull::reference::ColumnReference>,
     pub seconds: f64,
 }
 
@@ -172,7 +176,12 @@ fn read_model(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     }
 }
 
-fn score_power(model: &[u8], rows: &Rows, threads: usize) -> Result<BTreeMap<String, f64>> {
+/// The power KPIs on `rows`, and the predictions.
+fn score_power(
+    model: &[u8],
+    rows: &Rows,
+    threads: usize,
+) -> Result<(BTreeMap<String, f64>, Vec<f32>)> {
     let mut session = Session::new(model, threads)?;
     let mut pred = Vec::with_capacity(rows.n);
     for start in (0..rows.n).step_by(POWER_BATCH) {
@@ -186,7 +195,7 @@ fn score_power(model: &[u8], rows: &Rows, threads: usize) -> Result<BTreeMap<Str
         )])?;
         pred.extend_from_slice(&out[0].1.data);
     }
-    Ok(power_kpis(&pred, &rows.target))
+    Ok((power_kpis(&pred, &rows.target), pred))
 }
 
 /// The graph's outputs on `n` rows with K candidates from the fixed draws.
@@ -343,23 +352,32 @@ fn score_emshap(
 
 /// Scores whichever of the two models `dir` has; a model that is absent has no KPIs (and
 /// the gate fails its metrics).
+/// A folder's KPIs on `rows`, its ONNX files' digests, and the reference of its power
+/// predictions on them (for `monitor`'s prediction drift).
 fn score_dir(
     dir: &Path,
     rows: &Rows,
     s: &EvaluateSettings,
-) -> Result<(Kpis, BTreeMap<String, String>)> {
+) -> Result<(
+    Kpis,
+    BTreeMap<String, String>,
+    Option<crate::pull::reference::ColumnReference>,
+)> {
     let mut kpis = Kpis::new();
     let mut digests = BTreeMap::new();
+    let mut predictions = None;
     if let Some(m) = read_model(dir, POWER_ONNX)? {
         digests.insert(POWER_ONNX.to_string(), hex::encode(Sha256::digest(&m)));
-        kpis.insert("power".into(), score_power(&m, rows, s.threads)?);
+        let (k, pred) = score_power(&m, rows, s.threads)?;
+        kpis.insert("power".into(), k);
+        predictions = Some(crate::pull::reference::column("prediction", &pred));
     }
     if let Some(m) = read_model(dir, EMSHAP_ONNX)? {
         digests.insert(EMSHAP_ONNX.to_string(), hex::encode(Sha256::digest(&m)));
         let n = rows.n.min(s.emshap_rows);
         kpis.insert("emshap".into(), score_emshap(&m, rows, n, s.threads)?);
     }
-    Ok((kpis, digests))
+    Ok((kpis, digests, predictions))
 }
 
 /// Where the baseline comes from: a folder to score (given, or production fetched from the
@@ -548,7 +566,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
     }
     let snap = data::load_test(&s.data)?;
     let rows = raw_rows(&snap.test, &snap.scaler.mean, &snap.scaler.std);
-    let (candidate, models) = score_dir(&s.models, &rows, s)?;
+    let (candidate, models, prediction_reference) = score_dir(&s.models, &rows, s)?;
     let baseline = resolve_baseline(s)?;
     let (kind, production) = match &baseline.dir {
         None if baseline.stored.is_some() => (BaselineKind::StoredMetrics, baseline.stored.clone()),
@@ -615,6 +633,7 @@ pub fn evaluate(s: &EvaluateSettings) -> Result<Metrics> {
         models,
         attribution,
         data_drift,
+        prediction_reference,
         seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(&s.out).map_err(|e| Error::write(&s.out, e))?;

@@ -86,6 +86,10 @@ pub struct Report {
     pub performance: Performance,
     pub features: Vec<FeatureDrift>,
     pub target: Option<FeatureDrift>,
+    /// Production's predictions on the window against their reference (its predictions on
+    /// its own test rows); `null` for a version that predates the reference, or no rows.
+    #[serde(default)]
+    pub prediction: Option<FeatureDrift>,
     /// What `[expectations]` found in the window (empty without expectations or findings).
     #[serde(default)]
     pub expectations: Vec<crate::expect::Finding>,
@@ -345,6 +349,7 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         rmse_ratio_high: None,
         nodes: cols.node_names.len() as u64,
     };
+    let mut prediction = None;
     if n > 0 {
         let mut raw = cols.values.clone();
         for (i, v) in raw.iter_mut().enumerate() {
@@ -355,6 +360,10 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         let model = std::fs::read(version.join(crate::artifacts::POWER_ONNX))
             .map_err(|e| Error::read(&version.join(crate::artifacts::POWER_ONNX), e))?;
         let scored = predict(&model, &raw, d, 2)?;
+        if let Some(r) = &metrics.prediction_reference {
+            let p: Vec<f64> = scored.pred.iter().map(|&v| f64::from(v)).collect();
+            prediction = Some(crate::drift::feature(r, &p));
+        }
         let k = crate::kpi::power_kpis(&scored.pred, &cols.power);
         perf.rmse = nan_none(k["rmse"]);
         perf.mae = nan_none(k["mae"]);
@@ -555,6 +564,7 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         performance: perf,
         features,
         target,
+        prediction,
         expectations: expected.findings.clone(),
         drifted_share,
         top_features: top.iter().map(|&j| dataset.features[j].clone()).collect(),
@@ -624,7 +634,12 @@ pub fn render(r: &Report) -> String {
         md.push('\n');
     }
     md.push_str("| feature | band | PSI | noise | JS | KS | W1/σ | outside | missing |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
-    for f in r.features.iter().chain(r.target.iter()) {
+    for f in r
+        .features
+        .iter()
+        .chain(r.target.iter())
+        .chain(r.prediction.iter())
+    {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f.name,

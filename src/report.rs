@@ -540,6 +540,7 @@ mod tests {
             force: None,
             attribution: None,
             data_drift: None,
+            prediction_reference: None,
             rows: [("power".to_string(), 1000)].into(),
             seed: 1,
             mask_rate: 0.5,

@@ -119,6 +119,10 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
         r["performance"]["rmse_ratio"].as_f64().unwrap() < 1.10,
         "{r}"
     );
+    // Production's predictions against their own reference (its test rows): stable.
+    assert_eq!(r["prediction"]["name"], "prediction", "{r}");
+    assert_eq!(r["prediction"]["band"], "stable", "{r}");
+    let psi_same = r["prediction"]["psi"].as_f64().unwrap();
     assert!(l.retrains().is_empty());
     assert!(d.join("m1/monitor.md").is_file());
     // The PR check on data from the same generator: no feature moved.
@@ -158,6 +162,9 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
         .find(|f| f["name"] == "gpu_util")
         .unwrap();
     assert_eq!(gpu["band"], "significant", "{gpu}");
+    // More GPU load, more power predicted: the predictions move too.
+    let psi_shift = r["prediction"]["psi"].as_f64().unwrap();
+    assert!(psi_shift > psi_same, "{psi_shift} vs {psi_same}");
     assert!(
         r["dispatched"].is_null() && l.retrains().is_empty(),
         "one drift is not enough"
