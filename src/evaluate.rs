@@ -297,6 +297,24 @@ fn nll_with_se(observed: &[f32], log_density: &[f32]) -> (f64, f64) {
 /// (`energy_gain` = nll − proposal_nll, `imputation_ratio`), the effective sample size of
 /// the weights, the NLL's standard error and its change from K to 4K candidates on a
 /// subsample (`nll_k_gap`: how far from converged the estimate is).
+/// EMSHAP's mean NLL per masked entry and its standard error on the `n` rows of `raw`
+/// (row-major raw features, `d` of them), with the evaluation's fixed masks and candidate
+/// count: the figure `monitor` compares with a version's stored test `nll` (joint drift).
+pub fn emshap_nll(model: &[u8], raw: &[f32], d: usize, threads: usize) -> Result<(f64, f64)> {
+    let n = raw.len() / d.max(1);
+    let rows = Rows {
+        raw: raw.to_vec(),
+        target: vec![0.0; n],
+        n,
+        d,
+        sd: column_sd(raw, d),
+    };
+    let energy = crate::explain::energy_correction(model).unwrap_or(true);
+    let k = if energy { EVAL_PROPOSALS } else { 1 };
+    let o = run_emshap(model, &rows, n, k, threads)?;
+    Ok(nll_with_se(&o.observed, &o.log_density))
+}
+
 fn score_emshap(
     model: &[u8],
     rows: &Rows,

@@ -71,6 +71,23 @@ pub struct Performance {
     pub nodes: u64,
 }
 
+/// Joint drift: EMSHAP's mean NLL on a subsample of the window against its stored test NLL
+/// (the same masks and candidate count as `evaluate`); every field `null` without rows or
+/// without an EMSHAP model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Joint {
+    pub rows: u64,
+    pub nll: Option<f64>,
+    pub nll_se: Option<f64>,
+    pub stored_nll: Option<f64>,
+    pub stored_nll_se: Option<f64>,
+    /// (nll − stored) / √(se² + stored_se²): how many standard errors the window is worse.
+    pub z: Option<f64>,
+}
+
+/// Rows of the window EMSHAP is scored on (evenly spread over it).
+const JOINT_ROWS: usize = 2000;
+
 /// `monitor.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -86,6 +103,9 @@ pub struct Report {
     pub performance: Performance,
     pub features: Vec<FeatureDrift>,
     pub target: Option<FeatureDrift>,
+    /// EMSHAP's NLL on the window against its stored test NLL.
+    #[serde(default)]
+    pub joint: Joint,
     /// Production's predictions on the window against their reference (its predictions on
     /// its own test rows); `null` for a version that predates the reference, or no rows.
     #[serde(default)]
@@ -350,6 +370,7 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         nodes: cols.node_names.len() as u64,
     };
     let mut prediction = None;
+    let mut joint = Joint::default();
     if n > 0 {
         let mut raw = cols.values.clone();
         for (i, v) in raw.iter_mut().enumerate() {
@@ -360,6 +381,33 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         let model = std::fs::read(version.join(crate::artifacts::POWER_ONNX))
             .map_err(|e| Error::read(&version.join(crate::artifacts::POWER_ONNX), e))?;
         let scored = predict(&model, &raw, d, 2)?;
+        let emshap = version.join(crate::artifacts::EMSHAP_ONNX);
+        if emshap.is_file() {
+            let m = std::fs::read(&emshap).map_err(|e| Error::read(&emshap, e))?;
+            let step = n.div_ceil(JOINT_ROWS).max(1);
+            let sub: Vec<f32> = (0..n)
+                .step_by(step)
+                .flat_map(|i| raw[i * d..(i + 1) * d].iter().copied())
+                .collect();
+            let (nll, se) = crate::evaluate::emshap_nll(&m, &sub, d, 2)?;
+            let stored = metrics.candidate.get("emshap");
+            joint.rows = (sub.len() / d.max(1)) as u64;
+            joint.nll = nan_none(nll);
+            joint.nll_se = nan_none(se);
+            joint.stored_nll = stored
+                .and_then(|k| k.get("nll"))
+                .copied()
+                .and_then(nan_none);
+            joint.stored_nll_se = stored
+                .and_then(|k| k.get("nll_se"))
+                .copied()
+                .and_then(nan_none);
+            if let (Some(a), Some(b)) = (joint.nll, joint.stored_nll) {
+                let s2 = joint.nll_se.unwrap_or(0.0).powi(2)
+                    + joint.stored_nll_se.unwrap_or(0.0).powi(2);
+                joint.z = (s2 > 0.0).then(|| (a - b) / s2.sqrt());
+            }
+        }
         if let Some(r) = &metrics.prediction_reference {
             let p: Vec<f64> = scored.pred.iter().map(|&v| f64::from(v)).collect();
             prediction = Some(crate::drift::feature(r, &p));
@@ -564,6 +612,7 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         performance: perf,
         features,
         target,
+        joint,
         prediction,
         expectations: expected.findings.clone(),
         drifted_share,
@@ -624,6 +673,18 @@ pub fn render(r: &Report) -> String {
         fmt(p.rmse, 2), fmt(p.mae, 2), fmt(p.r2, 4), fmt(p.mape, 2), fmt(p.stored_rmse, 2),
         fmt(p.rmse_ratio, 3), fmt(p.rmse_ratio_low, 3), fmt(p.rmse_ratio_high, 3)
     ));
+    let j = &r.joint;
+    if j.nll.is_some() {
+        md.push_str(&format!(
+            "Joint drift: EMSHAP's NLL on {} rows of the window {} ± {} nats per masked entry, against {} ± {} on its test rows (z = {}).\n\n",
+            j.rows,
+            fmt(j.nll, 4),
+            fmt(j.nll_se, 4),
+            fmt(j.stored_nll, 4),
+            fmt(j.stored_nll_se, 4),
+            fmt(j.z, 2)
+        ));
+    }
     let chart = crate::drift::psi_chart(
         &r.features,
         8,

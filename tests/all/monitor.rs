@@ -123,6 +123,14 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     assert_eq!(r["prediction"]["name"], "prediction", "{r}");
     assert_eq!(r["prediction"]["band"], "stable", "{r}");
     let psi_same = r["prediction"]["psi"].as_f64().unwrap();
+    // Joint drift: EMSHAP's NLL on the window beside its stored test NLL, both defined.
+    let j = &r["joint"];
+    assert!(j["rows"].as_u64().unwrap() > 1000, "{j}");
+    let z_same = j["z"].as_f64().unwrap();
+    assert!(
+        j["nll"].as_f64().unwrap().is_finite() && j["stored_nll"].as_f64().is_some(),
+        "{j}"
+    );
     assert!(l.retrains().is_empty());
     assert!(d.join("m1/monitor.md").is_file());
     // The PR check on data from the same generator: no feature moved.
@@ -165,6 +173,9 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     // More GPU load, more power predicted: the predictions move too.
     let psi_shift = r["prediction"]["psi"].as_f64().unwrap();
     assert!(psi_shift > psi_same, "{psi_shift} vs {psi_same}");
+    // The new hardware mix is less likely under production's EMSHAP model.
+    let z_shift = r["joint"]["z"].as_f64().unwrap();
+    assert!(z_shift > z_same, "joint z {z_shift} vs {z_same}");
     assert!(
         r["dispatched"].is_null() && l.retrains().is_empty(),
         "one drift is not enough"
