@@ -28,8 +28,8 @@ min = 0.3' >gate.toml
 EMSHAP_CI_GATE=gate.toml EMSHAP_CI_EPOCHS=3 "$bin" run -q --mode main --work w --sha aaaa1111 >/dev/null
 "$bin" generate -q --brokers "127.0.0.1:$port" --topic fv --rows "$rows" --seed 2 >/dev/null
 for r in $(seq "$reps"); do
-  /usr/bin/time -f "rep $r: %e s wall, %M KB peak RSS" "$bin" monitor -q --results "m$r" -v 2>"m$r.log" >/dev/null || true
+  /usr/bin/time -f "rep $r: %e s wall, %M KB peak RSS" "$bin" monitor --results "m$r" -v 2>"m$r.log" >/dev/null || true
   tail -1 "m$r.log"
-  grep -E "read and decoded|seconds" "m$r.log" | head -3 || true
+  grep -E "seconds" "m$r.log" | sed "s/\x1b\[[0-9;]*m//g" || true
 done
 python3 -c "import json; r=json.load(open('m1/monitor.json')); print('verdict', r['verdict'], 'rows', r['performance']['rows'], 'messages', r['messages'])"

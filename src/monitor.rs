@@ -300,7 +300,9 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         (Default::default(), None)
     } else {
         let progress = crate::progress::Progress::new("monitor", quiet);
+        let t = std::time::Instant::now();
         let (c, i) = crate::pull::read_window(&pull, &progress)?;
+        tracing::info!(seconds = t.elapsed().as_secs_f64(), "read the window");
         (c, Some(i))
     };
     let cols: crate::pull::decode::Columns = cols;
@@ -323,6 +325,7 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         .iter()
         .map(|r| (r.name.as_str(), r))
         .collect();
+    let t = std::time::Instant::now();
     let mut features = Vec::with_capacity(d);
     for (j, name) in dataset.features.iter().enumerate() {
         let values: Vec<f64> = (0..n).map(|i| f64::from(cols.values[i * d + j])).collect();
@@ -380,7 +383,14 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         }
         let model = std::fs::read(version.join(crate::artifacts::POWER_ONNX))
             .map_err(|e| Error::read(&version.join(crate::artifacts::POWER_ONNX), e))?;
+        tracing::info!(
+            seconds = t.elapsed().as_secs_f64(),
+            "feature and target drift"
+        );
+        let t = std::time::Instant::now();
         let scored = predict(&model, &raw, d, 2)?;
+        tracing::info!(seconds = t.elapsed().as_secs_f64(), "scored the window");
+        let t = std::time::Instant::now();
         let emshap = version.join(crate::artifacts::EMSHAP_ONNX);
         if emshap.is_file() {
             let m = std::fs::read(&emshap).map_err(|e| Error::read(&emshap, e))?;
@@ -389,7 +399,13 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
                 .step_by(step)
                 .flat_map(|i| raw[i * d..(i + 1) * d].iter().copied())
                 .collect();
+            let t = std::time::Instant::now();
             let (nll, se) = crate::evaluate::emshap_nll(&m, &sub, d, 2)?;
+            tracing::info!(
+                seconds = t.elapsed().as_secs_f64(),
+                rows = sub.len() / d.max(1),
+                "EMSHAP NLL (joint drift)"
+            );
             let stored = metrics.candidate.get("emshap");
             joint.rows = (sub.len() / d.max(1)) as u64;
             joint.nll = nan_none(nll);
@@ -425,6 +441,10 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         }
     }
 
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        "drift, scoring, bootstrap and joint drift, in all"
+    );
     // Attribution weights: production's mean |φ| (equal weights without one).
     let weights: Vec<f64> = dataset
         .features
