@@ -421,12 +421,11 @@ pub fn propose(reference: &[ColumnReference], rows: u64) -> Expectations {
             FeatureExpectation {
                 // A bound at 0 stays at 0 (utilisations, counters): never propose negatives
                 // for a feature that had none.
-                min: Some(if lo >= 0.0 {
+                min: Some(round(if lo >= 0.0 {
                     (lo - pad).max(0.0)
                 } else {
                     lo - pad
-                })
-                .map(round),
+                })),
                 max: Some(round(hi + pad)),
                 mostly: Some(0.999),
                 max_missing: Some(round((2.0 * missing).max(0.01))),
@@ -508,7 +507,7 @@ pub fn command(args: &crate::cli::expect::ExpectArgs) -> Result<crate::app::Outc
         crate::fsutil::write_atomic(out, text.as_bytes())?;
     }
     Ok(crate::app::Outcome {
-        text: if args.out.is_some() {
+        text: if let Some(out) = &args.out {
             format!(
                 "wrote {} expectations for {} features to {}",
                 e.features
@@ -525,7 +524,7 @@ pub fn command(args: &crate::cli::expect::ExpectArgs) -> Result<crate::app::Outc
                     .count())
                     .sum::<usize>(),
                 e.features.len(),
-                args.out.as_ref().unwrap().display()
+                out.display()
             )
         } else {
             text.trim_end().to_string()

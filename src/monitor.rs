@@ -390,7 +390,6 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         let t = std::time::Instant::now();
         let scored = predict(&model, &raw, d, 2)?;
         tracing::info!(seconds = t.elapsed().as_secs_f64(), "scored the window");
-        let t = std::time::Instant::now();
         let emshap = version.join(crate::artifacts::EMSHAP_ONNX);
         if emshap.is_file() {
             let m = std::fs::read(&emshap).map_err(|e| Error::read(&emshap, e))?;
@@ -642,7 +641,18 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         time: now_rfc3339(),
         seed: s.seed,
     };
-    let markdown = render(&report);
+    let mut markdown = render(&report);
+    markdown.push_str(&history_chart(&past, &report));
+    if markdown.len() > crate::report::COMMENT_LIMIT {
+        let note =
+            "\n\n_…cut to stay within GitHub's size limit; monitor.json has every figure._\n";
+        let mut end = crate::report::COMMENT_LIMIT - note.len();
+        while !markdown.is_char_boundary(end) {
+            end -= 1;
+        }
+        markdown.truncate(end);
+        markdown.push_str(note);
+    }
     // The outputs, then the store's record.
     std::fs::create_dir_all(&s.out).map_err(|e| Error::write(&s.out, e))?;
     let json_bytes = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(e.into()))?;
@@ -679,6 +689,30 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 }
 
 /// The markdown report: verdict, performance, the top PSI as a bar chart, the table.
+/// The rmse ratio over the store's monitoring history of this production version (the last
+/// 30 runs, this one included) as a mermaid line chart; nothing with fewer than two points.
+fn history_chart(past: &[Report], now: &Report) -> String {
+    let mut points: Vec<f64> = past
+        .iter()
+        .filter(|r| r.production_sha == now.production_sha)
+        .filter_map(|r| r.performance.rmse_ratio)
+        .collect();
+    points.extend(now.performance.rmse_ratio);
+    let points = &points[points.len().saturating_sub(30)..];
+    if points.len() < 2 {
+        return String::new();
+    }
+    let xs: Vec<String> = (1..=points.len()).map(|i| i.to_string()).collect();
+    let ys: Vec<String> = points.iter().map(|v| format!("{v:.4}")).collect();
+    format!(
+        "\n```mermaid\nxychart-beta\n    title \"rmse / test rmse over the last {} monitoring runs of `{}`\"\n    x-axis [{}]\n    y-axis \"ratio\"\n    line [{}]\n```\n",
+        points.len(),
+        now.production_sha,
+        xs.join(", "),
+        ys.join(", ")
+    )
+}
+
 pub fn render(r: &Report) -> String {
     let mut md = format!(
         "## Monitoring production `{}`: **{}**\n\n{}\n\n",

@@ -474,8 +474,8 @@ impl Columns {
         }
         let d = self.d;
         let mut k = 0;
-        for i in 0..drop.len() {
-            if drop[i] {
+        for (i, &dropped) in drop.iter().enumerate() {
+            if dropped {
                 continue;
             }
             if k != i {

@@ -170,6 +170,12 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
         .find(|f| f["name"] == "gpu_util")
         .unwrap();
     assert_eq!(gpu["band"], "significant", "{gpu}");
+    // The second run's report charts the rmse ratio over the history (two points now).
+    let md = std::fs::read_to_string(d.join("m2/monitor.md")).unwrap();
+    assert!(
+        md.contains("rmse / test rmse over the last 2 monitoring runs"),
+        "{md}"
+    );
     // More GPU load, more power predicted: the predictions move too.
     let psi_shift = r["prediction"]["psi"].as_f64().unwrap();
     assert!(psi_shift > psi_same, "{psi_shift} vs {psi_same}");
