@@ -20,8 +20,8 @@ pub struct ColumnReference {
     pub missing: u64,
     pub mean: f64,
     pub sd: f64,
-    /// q[k] = the smallest observed value x with F(x) ≥ k/100 (the empirical distribution's
-    /// inverse; q[0] is the minimum, q[100] the maximum). Empty when nothing was observed.
+    /// `q[k]` = the smallest observed value x with F(x) ≥ k/100 (the empirical distribution's
+    /// inverse; `q[0]` is the minimum, `q[100]` the maximum). Empty when nothing was observed.
     pub quantiles: Vec<f64>,
     /// Values holding more than 1 % of the observed rows, with their shares, ascending.
     pub atoms: Vec<Atom>,
