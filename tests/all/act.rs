@@ -167,7 +167,12 @@ fn act_runs_the_composite_action_from_a_release_asset_against_s3_and_the_github_
         "{log}"
     );
     // `doctor: true` ran first, every check passing (the source is the embedded fixture).
-    for row in ["| store | ok |", "| github | ok |", "| onnxruntime | ok |", "| trainer | ok |"] {
+    for row in [
+        "| store | ok |",
+        "| github | ok |",
+        "| onnxruntime | ok |",
+        "| trainer | ok |",
+    ] {
         assert!(log.contains(row), "doctor's {row}:\n{log}");
     }
     // The job summary (act prints what each step wrote to it).
