@@ -404,9 +404,14 @@ assert q["Action"] == "kafka-cluster:Connect" and q["X-Amz-Expires"] == "900", q
 when = datetime.datetime.strptime(q["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
 creds = botocore.credentials.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token-example")
 req = botocore.awsrequest.AWSRequest(method="GET", url="https://kafka.us-west-2.amazonaws.com/?Action=kafka-cluster%3AConnect")
-with mock.patch("botocore.auth.datetime") as dt:
+# botocore reads the time through botocore.auth.get_current_datetime (older versions:
+# datetime.datetime.utcnow); both are pinned to the token's own time, so a second boundary
+# between the two signings cannot make them differ.
+with mock.patch("botocore.auth.get_current_datetime", return_value=when, create=True), \
+        mock.patch("botocore.auth.datetime") as dt:
     dt.datetime.utcnow.return_value = when
     dt.datetime.now.return_value = when.replace(tzinfo=datetime.timezone.utc)
+    dt.datetime.strptime = datetime.datetime.strptime
     botocore.auth.SigV4QueryAuth(creds, "kafka-cluster", "us-west-2", expires=900).add_auth(req)
 mine = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(req.url).query))
 assert mine["X-Amz-Signature"] == q["X-Amz-Signature"], (mine, q)
