@@ -191,6 +191,47 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted[r - 1]
 }
 
+impl FeatureDrift {
+    /// A feature without drift figures (`unknown`): no reference, or nothing to compare.
+    fn unknown(
+        name: &str,
+        rows: u64,
+        missing_rate: Option<f64>,
+        reference_missing_rate: Option<f64>,
+    ) -> Self {
+        FeatureDrift {
+            name: name.to_string(),
+            rows,
+            psi: None,
+            noise_floor: None,
+            band: "unknown".into(),
+            js_distance: None,
+            ks: None,
+            w1_over_sd: None,
+            outside_range: None,
+            missing_rate,
+            reference_missing_rate,
+        }
+    }
+}
+
+/// Drift of `values` (raw, NaN = missing) of the feature `name` against its reference `r`;
+/// without one, only its rows and missing rate.
+pub fn feature_or_unknown(name: &str, r: Option<&ColumnReference>, values: &[f64]) -> FeatureDrift {
+    match r {
+        Some(r) => feature(r, values),
+        None => {
+            let missing = values.iter().filter(|v| v.is_nan()).count();
+            FeatureDrift::unknown(
+                name,
+                (values.len() - missing) as u64,
+                (!values.is_empty()).then(|| missing as f64 / values.len() as f64),
+                None,
+            )
+        }
+    }
+}
+
 /// Drift of `values` (raw, NaN = missing) against `r`.
 pub fn feature(r: &ColumnReference, values: &[f64]) -> FeatureDrift {
     let missing = values.iter().filter(|v| v.is_nan()).count() as u64;
@@ -201,19 +242,12 @@ pub fn feature(r: &ColumnReference, values: &[f64]) -> FeatureDrift {
     let reference_missing_rate = (total_ref > 0).then(|| r.missing as f64 / total_ref as f64);
     let missing_rate = (!values.is_empty()).then(|| missing as f64 / values.len() as f64);
     if seen.is_empty() || r.quantiles.len() != 101 || n_ref == 0 {
-        return FeatureDrift {
-            name: r.name.clone(),
-            rows: seen.len() as u64,
-            psi: None,
-            noise_floor: None,
-            band: "unknown".into(),
-            js_distance: None,
-            ks: None,
-            w1_over_sd: None,
-            outside_range: None,
+        return FeatureDrift::unknown(
+            &r.name,
+            seen.len() as u64,
             missing_rate,
             reference_missing_rate,
-        };
+        );
     }
     let b = bins(r);
     let (e, _exact) = reference_counts(r, &b);
@@ -403,27 +437,11 @@ pub fn training_split(
                 }
             }
         }
-        match reference.iter().find(|r| r.name == name) {
-            Some(r) => {
-                if let Some(j) = j {
-                    snap(&mut values, r, scaler.mean[j], scaler.std[j]);
-                }
-                out.push(feature(r, &values))
-            }
-            None => out.push(FeatureDrift {
-                name,
-                rows: values.len() as u64,
-                psi: None,
-                noise_floor: None,
-                band: "unknown".into(),
-                js_distance: None,
-                ks: None,
-                w1_over_sd: None,
-                outside_range: None,
-                missing_rate: None,
-                reference_missing_rate: None,
-            }),
+        let r = reference.iter().find(|r| r.name == name);
+        if let (Some(r), Some(j)) = (r, j) {
+            snap(&mut values, r, scaler.mean[j], scaler.std[j]);
         }
+        out.push(feature_or_unknown(&name, r, &values));
     }
     Ok(out)
 }

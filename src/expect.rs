@@ -287,8 +287,10 @@ pub fn check(e: &Expectations, cols: &Columns, names: &[String], now_ms: i64) ->
     }
     let mut quarantined: BTreeMap<usize, String> = BTreeMap::new();
     for (name, f) in &e.features {
+        // The feature's column (found once), or the target.
+        let column = names.iter().position(|x| x == name);
         let value = |i: usize| -> f64 {
-            match names.iter().position(|x| x == name) {
+            match column {
                 Some(j) => f64::from(cols.values[i * d + j]),
                 None => f64::from(cols.power[i]),
             }
@@ -376,6 +378,14 @@ pub fn check(e: &Expectations, cols: &Columns, names: &[String], now_ms: i64) ->
     }
     out.quarantine = quarantined.into_iter().collect();
     out
+}
+
+/// `check` against the current time.
+pub fn check_now(e: &Expectations, cols: &Columns, names: &[String]) -> Outcome {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    check(e, cols, names, now)
 }
 
 /// Mean and sample sd (None without values; sd None with one).

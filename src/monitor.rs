@@ -329,25 +329,11 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
     let mut features = Vec::with_capacity(d);
     for (j, name) in dataset.features.iter().enumerate() {
         let values: Vec<f64> = (0..n).map(|i| f64::from(cols.values[i * d + j])).collect();
-        features.push(match reference.get(name.as_str()) {
-            Some(r) => crate::drift::feature(r, &values),
-            None => {
-                let missing = values.iter().filter(|v| v.is_nan()).count();
-                FeatureDrift {
-                    name: name.clone(),
-                    rows: (n - missing) as u64,
-                    psi: None,
-                    noise_floor: None,
-                    band: "unknown".into(),
-                    js_distance: None,
-                    ks: None,
-                    w1_over_sd: None,
-                    outside_range: None,
-                    missing_rate: (n > 0).then(|| missing as f64 / n as f64),
-                    reference_missing_rate: None,
-                }
-            }
-        });
+        features.push(crate::drift::feature_or_unknown(
+            name,
+            reference.get(name.as_str()).copied(),
+            &values,
+        ));
     }
     let target = reference.get(crate::schema::TARGET).map(|r| {
         let y: Vec<f64> = cols.power.iter().map(|&v| f64::from(v)).collect();
@@ -481,12 +467,7 @@ pub fn monitor(s: &MonitorSettings, config: &ConfigFile, quiet: bool) -> Result<
         .and_then(|p| p.get("r2"))
         .and_then(|r| r.min);
     let expected = match &pull.expectations {
-        Some(e) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            crate::expect::check(e, &cols, &dataset.features, now)
-        }
+        Some(e) => crate::expect::check_now(e, &cols, &dataset.features),
         None => crate::expect::Outcome::default(),
     };
     let (verdict, reason) = if !expected.failed().is_empty() {

@@ -259,10 +259,7 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
     let unexpected = match &settings.expectations {
         None => 0,
         Some(e) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let o = crate::expect::check(e, &cols, settings.features.names(), now);
+            let o = crate::expect::check_now(e, &cols, settings.features.names());
             if !o.findings.is_empty() {
                 eprintln!("Expectations:\n\n{}", o.table());
             }
@@ -363,6 +360,23 @@ pub fn pull(settings: &PullSettings, progress: &Progress) -> Result<PullReport> 
     })
 }
 
+/// A refused pull's quarantine, in offset order, at `--quarantine` or beside `--out`: where
+/// it went.
+fn write_refused_quarantine(
+    settings: &PullSettings,
+    cols: Columns,
+    topic: &str,
+) -> Result<PathBuf> {
+    let path = settings
+        .quarantine
+        .clone()
+        .unwrap_or_else(|| sibling(&settings.out, ".quarantine.jsonl"));
+    let mut q = cols.quarantined;
+    q.sort_by_key(|q| (q.partition, q.offset));
+    snapshot::write_quarantine(&path, &q, topic)?;
+    Ok(path)
+}
+
 /// The data-quality gate failed: the quarantine goes beside the snapshot (which is not
 /// written, and an older one at `--out` stays as it was).
 fn reject(
@@ -371,15 +385,11 @@ fn reject(
     invalid: &BTreeMap<String, u64>,
     topic: &str,
 ) -> Error {
-    let path = settings
-        .quarantine
-        .clone()
-        .unwrap_or_else(|| sibling(&settings.out, ".quarantine.jsonl"));
-    let mut q = cols.quarantined;
-    q.sort_by_key(|q| (q.partition, q.offset));
-    if let Err(e) = snapshot::write_quarantine(&path, &q, topic) {
-        return e;
-    }
+    let messages = cols.messages;
+    let path = match write_refused_quarantine(settings, cols, topic) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
     let total: u64 = invalid.values().sum();
     let by: Vec<String> = invalid
         .iter()
@@ -388,8 +398,8 @@ fn reject(
         .collect();
     Error::data(format!(
         "{total} of {} messages invalid ({:.2} %, limit {:.2} %: {}); no snapshot written, records in {} (fix the producer, or raise --max-invalid-ratio)",
-        cols.messages,
-        total as f64 * 100.0 / cols.messages as f64,
+        messages,
+        total as f64 * 100.0 / messages as f64,
         settings.max_invalid_ratio * 100.0,
         by.join(", "),
         path.display()
@@ -404,13 +414,7 @@ fn reject_expectations(
     o: &crate::expect::Outcome,
     topic: &str,
 ) -> Error {
-    let path = settings
-        .quarantine
-        .clone()
-        .unwrap_or_else(|| sibling(&settings.out, ".quarantine.jsonl"));
-    let mut q = cols.quarantined;
-    q.sort_by_key(|q| (q.partition, q.offset));
-    if let Err(e) = snapshot::write_quarantine(&path, &q, topic) {
+    if let Err(e) = write_refused_quarantine(settings, cols, topic) {
         return e;
     }
     let failed = o.failed();

@@ -64,6 +64,19 @@ impl Loop {
         (o, report)
     }
 
+    /// The PR check (`run --mode pr`, PR #7) on the newest 1,500 messages per partition, into
+    /// the work folder `work`; its gate may pass or fail.
+    fn pr(&self, dir: &Path, work: &str) {
+        let env = [
+            ("EMSHAP_CI_GATE", "gate.toml"),
+            ("EMSHAP_CI_EPOCHS", "1"),
+            ("GITHUB_REF", "refs/pull/7/merge"),
+            ("EMSHAP_CI_WINDOW", "last:1500"),
+        ];
+        let o = self.run(dir, &["run", "--mode", "pr", "--work", work], &env);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+    }
+
     fn retrains(&self) -> Vec<serde_json::Value> {
         self.stand
             .requests()
@@ -134,14 +147,7 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
     assert!(l.retrains().is_empty());
     assert!(d.join("m1/monitor.md").is_file());
     // The PR check on data from the same generator: no feature moved.
-    let pr = [
-        ("EMSHAP_CI_GATE", "gate.toml"),
-        ("EMSHAP_CI_EPOCHS", "1"),
-        ("GITHUB_REF", "refs/pull/7/merge"),
-        ("EMSHAP_CI_WINDOW", "last:1500"),
-    ];
-    let o = l.run(d, &["run", "--mode", "pr", "--work", "p0"], &pr);
-    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+    l.pr(d, "p0");
     let report = std::fs::read_to_string(d.join("p0/eval/report.md")).unwrap();
     assert!(
         report.contains("### Training data against production"),
@@ -205,14 +211,7 @@ fn kafka_s3_monitor_ok_drift_degraded_cooldown_and_missing_data() {
 
     // The PR check on the new hardware mix shows the reviewer that the candidate was
     // trained on different data: its train split against production's reference.
-    let pr = [
-        ("EMSHAP_CI_GATE", "gate.toml"),
-        ("EMSHAP_CI_EPOCHS", "1"),
-        ("GITHUB_REF", "refs/pull/7/merge"),
-        ("EMSHAP_CI_WINDOW", "last:1500"),
-    ];
-    let o = l.run(d, &["run", "--mode", "pr", "--work", "p1"], &pr);
-    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+    l.pr(d, "p1");
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("p1/eval/metrics.json")).unwrap()).unwrap();
     let dd = &m["data_drift"];
