@@ -51,6 +51,24 @@ pub fn masks(rng: &mut ChaCha8Rng, n: usize, d: usize, rate: f64) -> Vec<f32> {
     b
 }
 
+/// ACE's uniform masks (`UniformMaskGenerator`): per row the number of observed features is
+/// uniform on 0..d−1 and they are a uniformly random subset, so every coalition size is
+/// trained as often as every other (the Shapley enumeration weighs the sizes equally); at
+/// least one feature is unobserved.
+pub fn uniform_masks(rng: &mut ChaCha8Rng, n: usize, d: usize) -> Vec<f32> {
+    use rand::seq::SliceRandom;
+    let mut b = vec![0.0f32; n * d];
+    let mut idx: Vec<usize> = (0..d).collect();
+    for row in b.chunks_mut(d) {
+        let observed = rng.random_range(0..d);
+        idx.shuffle(rng);
+        for &i in &idx[..observed] {
+            row[i] = 1.0;
+        }
+    }
+    b
+}
+
 /// Fixed randomness for scoring: masks at `rate`, uniforms and normals [N, K, d].
 pub struct FixedDraws {
     pub observed: Vec<f32>,
@@ -122,6 +140,38 @@ pub fn column_sd(x: &[f32], d: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uniform_masks_observe_every_count_below_d_equally_often_and_every_feature_alike() {
+        let (n, d) = (80_000, 8);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let b = uniform_masks(&mut rng, n, d);
+        let mut sizes = vec![0usize; d + 1];
+        let mut per_feature = vec![0usize; d];
+        for row in b.chunks(d) {
+            sizes[row.iter().filter(|&&v| v == 1.0).count()] += 1;
+            for (j, &v) in row.iter().enumerate() {
+                assert!(v == 0.0 || v == 1.0);
+                per_feature[j] += (v == 1.0) as usize;
+            }
+        }
+        assert_eq!(sizes[d], 0, "a row must keep an unobserved feature");
+        let expect = n as f64 / d as f64;
+        for (q, &c) in sizes[..d].iter().enumerate() {
+            assert!(
+                (c as f64 - expect).abs() < 5.0 * expect.sqrt(),
+                "{q} observed: {c} rows of {n}"
+            );
+        }
+        // Each feature is observed in (d − 1)/2 of the d positions on average.
+        let share = n as f64 * (d - 1) as f64 / 2.0 / d as f64;
+        for (j, &c) in per_feature.iter().enumerate() {
+            assert!(
+                (c as f64 - share).abs() < 0.02 * share,
+                "feature {j} observed {c} times"
+            );
+        }
+    }
 
     #[test]
     fn power_kpis_of_a_known_case() {

@@ -293,6 +293,7 @@ pub struct EmshapSection {
     pub energy_hidden: Option<usize>,
     pub energy_blocks: Option<usize>,
     pub mask_rate: Option<Vec<f64>>,
+    pub masking: Option<String>,
     pub val_rows: Option<usize>,
     pub warmup_epochs: Option<usize>,
     pub energy_penalty: Option<f64>,
@@ -771,6 +772,24 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             ))
         }
     };
+    let masking = match args
+        .masking
+        .clone()
+        .or(e.masking.clone())
+        .as_deref()
+        .unwrap_or(EMSHAP_MASKING)
+    {
+        "dynamic" => crate::train::Masking::Dynamic,
+        "uniform" => crate::train::Masking::Uniform,
+        other => {
+            return Err(Error::usage(
+                "--masking",
+                format!("{other} (use dynamic or uniform)"),
+            ))
+        }
+    };
+    let warmup_auto = args.warmup_epochs.or(e.warmup_epochs).is_none();
+    let step_budget = (args.common.epochs.or(e.epochs).is_none()).then_some(EMSHAP_STEPS);
     let warmup_epochs = match args.warmup_epochs.or(e.warmup_epochs) {
         Some(w) if w > common.epochs => {
             return Err(Error::usage(
@@ -812,12 +831,15 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
         energy_blocks: e.energy_blocks.unwrap_or(4),
         mask_min,
         mask_max,
+        masking,
         val_rows: positive(
             "[train.emshap] val_rows",
             e.val_rows.unwrap_or(1024),
             1 << 30,
         )?,
         warmup_epochs,
+        warmup_auto,
+        step_budget,
         energy_penalty: non_negative(
             "[train.emshap] energy_penalty",
             e.energy_penalty.unwrap_or(0.0),
@@ -836,8 +858,15 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
 /// EMSHAP's default epochs, of which the first `EMSHAP_WARMUP_SHARE` train the proposal
 /// alone (BENCHMARKS.md, "EMSHAP quality").
 pub const EMSHAP_EPOCHS: usize = 40;
+/// The optimiser steps a run without `--epochs` takes (its epochs are between
+/// `EMSHAP_EPOCHS` and `EMSHAP_MAX_EPOCHS`): what 40 epochs over the CPU sample of 60,000
+/// rows at batch 256 take, so a small snapshot trains as long as a big one.
+pub const EMSHAP_STEPS: usize = 9_400;
+pub const EMSHAP_MAX_EPOCHS: usize = 100;
 pub const EMSHAP_WARMUP_SHARE: f64 = 0.9;
 pub const EMSHAP_GRU_HIDDEN: usize = 256;
+/// The training masks' default (BENCHMARKS.md, "EMSHAP quality").
+pub const EMSHAP_MASKING: &str = "uniform";
 pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
 pub const EMSHAP_VAL_PROPOSALS: usize = 50;
 

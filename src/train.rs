@@ -90,12 +90,22 @@ pub struct EmshapSettings {
     pub energy_blocks: usize,
     pub mask_min: f64,
     pub mask_max: f64,
+    /// How the training masks are drawn: DESIGN §4's dynamic rate schedule, or ACE's
+    /// uniform coalition sizes.
+    pub masking: Masking,
     /// Validation rows the per-epoch validation loss is computed on.
     pub val_rows: usize,
     /// Epochs that train the proposal alone (the energy network frozen and not evaluated)
     /// before the energy network trains (ACE's warm-up). Early stopping only counts epochs
     /// after it.
     pub warmup_epochs: usize,
+    /// Whether `warmup_epochs` is the default share of the epochs (recomputed when the step
+    /// budget sets the epochs) rather than a number given.
+    pub warmup_auto: bool,
+    /// When no epochs were given: the optimiser steps the run should take, the epochs being
+    /// as many as reach them over the rows trained on, between `EMSHAP_EPOCHS` and
+    /// `EMSHAP_MAX_EPOCHS` (a small snapshot gets more epochs, a big one no fewer).
+    pub step_budget: Option<usize>,
     /// λ of the energy–proposal penalty λ·(log p̂ − log q)² per unobserved entry (ACE's
     /// optional regulariser; in the residual form log p̂ − log q = −E(x) − log Ẑ).
     pub energy_penalty: f64,
@@ -112,6 +122,18 @@ pub struct EmshapSettings {
     pub energy_rows: Option<usize>,
 }
 
+/// The training masks (`--masking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Masking {
+    /// Each feature unobserved with probability r(e), the rate moving from the first to the
+    /// last epoch's (DESIGN §4).
+    Dynamic,
+    /// Per row, a uniformly random number 0..d−1 of observed features, a uniformly random
+    /// subset (`kpi::uniform_masks`, ACE's `UniformMaskGenerator`).
+    Uniform,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EnergyChoice {
@@ -121,6 +143,24 @@ pub enum EnergyChoice {
 }
 
 impl EmshapSettings {
+    /// These settings with the epochs (and a default warm-up) the step budget asks for over
+    /// `rows` training rows; unchanged when the epochs were given.
+    pub fn with_step_budget(&self, rows: usize) -> EmshapSettings {
+        use crate::settings::{EMSHAP_EPOCHS, EMSHAP_MAX_EPOCHS, EMSHAP_WARMUP_SHARE};
+        let mut s = self.clone();
+        if let Some(steps) = self.step_budget {
+            let per_epoch = rows.div_ceil(self.common.batch_size.max(1)).max(1);
+            let epochs = steps
+                .div_ceil(per_epoch)
+                .clamp(EMSHAP_EPOCHS, EMSHAP_MAX_EPOCHS);
+            s.common.epochs = epochs;
+            if self.warmup_auto {
+                s.warmup_epochs = (epochs as f64 * EMSHAP_WARMUP_SHARE).round() as usize;
+            }
+        }
+        s
+    }
+
     /// The learning rate's factor in epoch `e`: polynomial decay (power 1) from 1 to 0.05
     /// over the run.
     pub fn lr_factor(&self, epoch: usize) -> f64 {

@@ -31,7 +31,8 @@ pub struct CommonTrainArgs {
     #[arg(long, env = "EMSHAP_CI_MODELS")]
     pub out: Option<PathBuf>,
 
-    /// Most epochs; early stopping may end sooner (default: power 100, EMSHAP 40).
+    /// Most epochs; early stopping may end sooner (default: power 100; EMSHAP as many as
+    /// 9,400 optimiser steps take over the rows trained on, 40 to 100).
     #[arg(long, env = "EMSHAP_CI_EPOCHS")]
     pub epochs: Option<usize>,
 
@@ -105,6 +106,12 @@ pub struct TrainEmshapArgs {
     /// Mask-rate schedule, first,last epoch (default 0.2,0.8).
     #[arg(long, env = "EMSHAP_CI_MASK_RATE", value_delimiter = ',')]
     pub mask_rate: Option<Vec<f64>>,
+
+    /// Training masks: uniform (per row a uniformly random number of observed features,
+    /// ACE's masks; the default) or dynamic (each feature unobserved at the epoch's
+    /// --mask-rate, DESIGN §4).
+    #[arg(long, env = "EMSHAP_CI_MASKING")]
+    pub masking: Option<String>,
 
     /// Epochs that train the proposal alone before the energy network trains (default:
     /// nine tenths of the epochs).

@@ -309,7 +309,18 @@ fn train_emshap_learns_conditionals_that_beat_mean_imputation() {
         dir.path(),
         "emshap",
         "models",
-        &["--sha", "0123abc", "--epochs", "6", "--max-rows", "6000"],
+        // DESIGN §4's dynamic masks (the default is ACE's uniform masks): the schedule is
+        // logged per epoch.
+        &[
+            "--sha",
+            "0123abc",
+            "--epochs",
+            "6",
+            "--max-rows",
+            "6000",
+            "--masking",
+            "dynamic",
+        ],
     );
     let models = dir.path().join("models");
     let history = json_file(&models.join("emshap_history.json"));

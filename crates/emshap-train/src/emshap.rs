@@ -26,10 +26,12 @@ use super::fit::{self, Trainee};
 use super::power::{proof_rows, sample_rows};
 use super::tensors::{self, Comparison};
 use super::{
-    EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX,
+    EmshapSettings, EnergyChoice, Masking, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY,
+    EMSHAP_ONNX,
 };
 use emshap_ci::error::{Error, Result};
-use emshap_ci::kpi::{column_sd, emshap_kpis, fixed_draws, masks, FixedDraws};
+use emshap_ci::kpi::{column_sd, emshap_kpis, fixed_draws, masks, uniform_masks, FixedDraws};
+
 use emshap_ci::onnx;
 use emshap_ci::progress::Progress;
 
@@ -483,7 +485,7 @@ impl Trainee for Emshap<'_> {
     }
 
     fn mask_rate(&self, epoch: usize) -> Option<f64> {
-        Some(self.s.mask_rate(epoch))
+        (self.s.masking == Masking::Dynamic).then(|| self.s.mask_rate(epoch))
     }
 
     fn phases(&mut self) -> Option<BTreeMap<String, f64>> {
@@ -537,7 +539,11 @@ impl Trainee for Emshap<'_> {
             if self.s.input_noise > 0.0 {
                 xb = &xb + xb.randn_like() * self.s.input_noise;
             }
-            let b = tensors::matrix(&masks(rng, len, d, rate), len, d, self.device);
+            let b = match self.s.masking {
+                Masking::Dynamic => masks(rng, len, d, rate),
+                Masking::Uniform => uniform_masks(rng, len, d),
+            };
+            let b = tensors::matrix(&b, len, d, self.device);
             phases.data += t0.elapsed().as_secs_f64();
             let sums = self.net.loss(
                 &xb,
@@ -982,6 +988,8 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
         super::EMSHAP_CPU_ROWS
     };
     let train_split: Split = sample_rows(&snap.train, c.max_rows.unwrap_or(default_rows), c.seed);
+    let s = &s.with_step_budget(train_split.n);
+    let c = &s.common;
     let d = train_split.d;
     let k = s.val_proposals;
     let vn = snap.val.n.min(s.val_rows);
