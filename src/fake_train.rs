@@ -516,8 +516,7 @@ fn train_emshap(s: &EmshapSettings) -> Result<TrainReport> {
         .map(|e| {
             let mut r = record(e, test["nll"], test["nll"], snap.train.n, c.lr);
             r.val_nll = Some(test["nll"]);
-            r.mask_rate =
-                (s.masking == emshap_ci::train::Masking::Dynamic).then(|| s.mask_rate(e - 1));
+            r.mask_rate = s.logged_mask_rate(e - 1);
             r
         })
         .collect();

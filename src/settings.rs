@@ -798,7 +798,7 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             ))
         }
         Some(w) => w,
-        None => (common.epochs as f64 * EMSHAP_WARMUP_SHARE).round() as usize,
+        None => crate::train::default_warmup(common.epochs),
     };
     Ok(EmshapSettings {
         common,

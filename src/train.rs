@@ -146,7 +146,7 @@ impl EmshapSettings {
     /// These settings with the epochs (and a default warm-up) the step budget asks for over
     /// `rows` training rows; unchanged when the epochs were given.
     pub fn with_step_budget(&self, rows: usize) -> EmshapSettings {
-        use crate::settings::{EMSHAP_EPOCHS, EMSHAP_MAX_EPOCHS, EMSHAP_WARMUP_SHARE};
+        use crate::settings::{EMSHAP_EPOCHS, EMSHAP_MAX_EPOCHS};
         let mut s = self.clone();
         if let Some(steps) = self.step_budget {
             let per_epoch = rows.div_ceil(self.common.batch_size.max(1)).max(1);
@@ -155,7 +155,7 @@ impl EmshapSettings {
                 .clamp(EMSHAP_EPOCHS, EMSHAP_MAX_EPOCHS);
             s.common.epochs = epochs;
             if self.warmup_auto {
-                s.warmup_epochs = (epochs as f64 * EMSHAP_WARMUP_SHARE).round() as usize;
+                s.warmup_epochs = default_warmup(epochs);
             }
         }
         s
@@ -174,7 +174,32 @@ impl EmshapSettings {
     }
 }
 
+/// The warm-up epochs of a run of `epochs` when none were given: `EMSHAP_WARMUP_SHARE` of them.
+pub fn default_warmup(epochs: usize) -> usize {
+    (epochs as f64 * crate::settings::EMSHAP_WARMUP_SHARE).round() as usize
+}
+
 impl EmshapSettings {
+    /// Epoch `epoch`'s training masks for `n` rows of `d` features (`--masking`).
+    pub fn training_masks(
+        &self,
+        rng: &mut rand_chacha::ChaCha8Rng,
+        n: usize,
+        d: usize,
+        epoch: usize,
+    ) -> Vec<f32> {
+        match self.masking {
+            Masking::Dynamic => crate::kpi::masks(rng, n, d, self.mask_rate(epoch)),
+            Masking::Uniform => crate::kpi::uniform_masks(rng, n, d),
+        }
+    }
+
+    /// The mask rate the history logs for epoch `epoch`: r(e) with dynamic masks, none with
+    /// uniform ones (their rate is not a setting).
+    pub fn logged_mask_rate(&self, epoch: usize) -> Option<f64> {
+        (self.masking == Masking::Dynamic).then(|| self.mask_rate(epoch))
+    }
+
     /// r(e) = r_min + (r_max − r_min)·e/(E − 1), DESIGN §4.
     pub fn mask_rate(&self, epoch: usize) -> f64 {
         let e = self.common.epochs;

@@ -26,12 +26,10 @@ use super::fit::{self, Trainee};
 use super::power::{proof_rows, sample_rows};
 use super::tensors::{self, Comparison};
 use super::{
-    EmshapSettings, EnergyChoice, Masking, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY,
-    EMSHAP_ONNX,
+    EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX,
 };
 use emshap_ci::error::{Error, Result};
-use emshap_ci::kpi::{column_sd, emshap_kpis, fixed_draws, masks, uniform_masks, FixedDraws};
-
+use emshap_ci::kpi::{column_sd, emshap_kpis, fixed_draws, FixedDraws};
 use emshap_ci::onnx;
 use emshap_ci::progress::Progress;
 
@@ -485,7 +483,7 @@ impl Trainee for Emshap<'_> {
     }
 
     fn mask_rate(&self, epoch: usize) -> Option<f64> {
-        (self.s.masking == Masking::Dynamic).then(|| self.s.mask_rate(epoch))
+        self.s.logged_mask_rate(epoch)
     }
 
     fn phases(&mut self) -> Option<BTreeMap<String, f64>> {
@@ -521,7 +519,6 @@ impl Trainee for Emshap<'_> {
     ) -> Result<f64> {
         let n = self.epoch_rows(epoch);
         let d = self.net.d as usize;
-        let rate = self.s.mask_rate(epoch);
         let energy = self.s.trains_energy(epoch);
         let bs = self.s.common.batch_size;
         let mut order: Vec<i64> = (0..self.rows() as i64).collect();
@@ -539,11 +536,12 @@ impl Trainee for Emshap<'_> {
             if self.s.input_noise > 0.0 {
                 xb = &xb + xb.randn_like() * self.s.input_noise;
             }
-            let b = match self.s.masking {
-                Masking::Dynamic => masks(rng, len, d, rate),
-                Masking::Uniform => uniform_masks(rng, len, d),
-            };
-            let b = tensors::matrix(&b, len, d, self.device);
+            let b = tensors::matrix(
+                &self.s.training_masks(rng, len, d, epoch),
+                len,
+                d,
+                self.device,
+            );
             phases.data += t0.elapsed().as_secs_f64();
             let sums = self.net.loss(
                 &xb,
@@ -1053,6 +1051,7 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use emshap_ci::kpi::masks;
     use emshap_ci::settings::{resolve_train_emshap, ConfigFile};
 
     #[test]
