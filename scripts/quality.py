@@ -281,7 +281,10 @@ def run_cli(binary, args, cwd, what):
 
 def help_flags(binary, sub):
     p = subprocess.run([str(binary), sub, "--help"], env=cli_env(), capture_output=True, text=True)
-    return set(re.findall(r"(--[a-z][a-z0-9-]*)", p.stdout))
+    flags = set(re.findall(r"(--[a-z][a-z0-9-]*)", p.stdout))
+    if "uncentred" in p.stdout:
+        flags.add("value-function=uncentred")
+    return flags
 
 
 # --- EMSHAP through onnxruntime --------------------------------------------------------------
@@ -669,6 +672,8 @@ def run_case(case, a, binary, flags_train, flags_explain, cix):
         runs = [("emshap_default", [])]
         if "--value-function" in flags_explain:
             runs.append(("emshap_mean", ["--value-function", "mean"]))
+        if "value-function=uncentred" in flags_explain:
+            runs.append(("emshap_uncentred", ["--value-function", "uncentred"]))
         if "--draws" in flags_explain:
             runs += [(f"emshap_draws{n_}", ["--draws", n_]) for n_ in a.draws_sweep]
         for label, extra in runs:

@@ -455,6 +455,9 @@ pub fn metadata(model: &[u8], key: &str) -> Option<String> {
 /// with it on, sampling–importance–resampling: K candidates `samples[·, k, j]`, one chosen
 /// with probability `weights[·, k, j]` (ACE's `sample`).
 ///
+/// The draws of each coalition are then centred on the graph's one-step conditional mean
+/// (`centre_draws`; `--value-function uncentred` skips it).
+///
 /// v(N) = f(x); v(∅) = E[f(X)], the power model's `base_value` metadata (its mean over the
 /// train split) when it has one, else sampled like any coalition. Common random numbers:
 /// draw m of feature j uses the same normals and uniforms in every coalition of a row, so
@@ -466,6 +469,8 @@ pub struct Sampled {
     draws: usize,
     k: usize,
     energy: bool,
+    /// Centre each group's draws on the graph's `imputed` (see `centre_draws`).
+    centred: bool,
     base_value: Option<f64>,
     groups: usize,
     /// Per draw m: normals and uniforms [K, d] for the candidates, and [d] for the
@@ -484,6 +489,7 @@ impl Sampled {
         d: usize,
         draws: usize,
         proposals: usize,
+        centred: bool,
         threads: usize,
     ) -> Result<Self> {
         let energy = energy_correction(emshap).unwrap_or(true);
@@ -495,6 +501,7 @@ impl Sampled {
             draws,
             k: if energy { proposals.max(1) } else { 1 },
             energy,
+            centred,
             base_value,
             // Groups that keep each antithetic pair together: a divisor of the pair count.
             groups: (1..=GROUPS)
@@ -695,6 +702,38 @@ pub fn normal_quantile(p: f64) -> f64 {
     }
 }
 
+/// Centres one coalition's joint draws on the model's conditional means: `draws` is [M, d]
+/// (draw m in value-function group m mod `groups`), `observed` [d] the coalition, `mean` [d]
+/// the graph's `imputed` for it. Within each group, every unobserved feature's draws are
+/// shifted by one constant so that their average is `mean[j]`; observed features are left
+/// alone.
+///
+/// Why: the autoregressive draws of a later feature are a chain of conditionals, each with
+/// the model's error, while `imputed` is the model's E[X_j | x_S] in one step; with an exact
+/// model both are right, and the centred draws still converge to the conditional law as M
+/// grows (moment matching). The chain's error in the mean, and all Monte Carlo noise in it,
+/// leaves the value of a linear f: BENCHMARKS.md, "EMSHAP quality". Per group, so the groups
+/// stay independent replicas for the standard error. docs/attribution.md.
+pub fn centre_draws(draws: &mut [f32], observed: &[f32], mean: &[f32], groups: usize) {
+    let d = observed.len();
+    let m = draws.len() / d;
+    let groups = groups.clamp(1, m.max(1));
+    for g in 0..groups {
+        for j in (0..d).filter(|&j| observed[j] < 0.5) {
+            let (sum, n) = (g..m).step_by(groups).fold((0f64, 0usize), |(s, n), r| {
+                (s + f64::from(draws[r * d + j]), n + 1)
+            });
+            if n == 0 {
+                continue;
+            }
+            let shift = f64::from(mean[j]) - sum / n as f64;
+            for r in (g..m).step_by(groups) {
+                draws[r * d + j] = (f64::from(draws[r * d + j]) + shift) as f32;
+            }
+        }
+    }
+}
+
 /// Sampling–importance–resampling's choice: the first candidate k with u < Σ_{k' ≤ k} w_k'
 /// (the last when rounding leaves none). docs/attribution.md.
 pub fn sir_choice(weights: impl Iterator<Item = f32>, u: f32) -> usize {
@@ -750,6 +789,17 @@ impl ValueFunction for Sampled {
                 }
             }
             self.complete(&mut feat, &mut obs, &draw_of)?;
+            if self.centred {
+                let means = self.conditional_means(x, masks, batch)?;
+                for (i, &c) in batch.iter().enumerate() {
+                    centre_draws(
+                        &mut feat[i * draws * d..(i + 1) * draws * d],
+                        &masks[c * d..(c + 1) * d],
+                        &means[i * d..(i + 1) * d],
+                        g,
+                    );
+                }
+            }
             let f = self
                 .power
                 .run(vec![(
@@ -800,6 +850,40 @@ impl ValueFunction for Sampled {
 }
 
 impl Sampled {
+    /// The graph's `imputed` for row `x` under each coalition of `batch`: E[X_j | x_S] of
+    /// every unobserved j given x_S alone (with the energy off, the proposal's exact mixture
+    /// mean; with it on, the importance-weighted mean over draw 0's K candidates).
+    fn conditional_means(&mut self, x: &[f32], masks: &[f32], batch: &[usize]) -> Result<Vec<f32>> {
+        let (d, k, n) = (self.d, self.k, batch.len());
+        let mut f_in = Vec::with_capacity(n * d);
+        let mut o_in = Vec::with_capacity(n * d);
+        let mut z_in = Vec::with_capacity(n * k * d);
+        let mut u_in = Vec::with_capacity(n * k * d);
+        for &c in batch {
+            f_in.extend_from_slice(x);
+            o_in.extend_from_slice(&masks[c * d..(c + 1) * d]);
+            z_in.extend_from_slice(&self.z[..k * d]);
+            u_in.extend_from_slice(&self.u[..k * d]);
+        }
+        let t = |shape: Vec<usize>, data: Vec<f32>| Tensor { shape, data };
+        self.emshap
+            .run(vec![
+                ("features", t(vec![n, d], f_in)),
+                ("observed", t(vec![n, d], o_in)),
+                ("noise", t(vec![n, k, d], z_in)),
+                ("component_u", t(vec![n, k, d], u_in)),
+            ])?
+            .into_iter()
+            .find(|(o, _)| o == "imputed")
+            .map(|(_, t)| t.data)
+            .ok_or_else(|| {
+                Error::usage(
+                    "--models",
+                    "the EMSHAP model has no `imputed` output (DESIGN §5)",
+                )
+            })
+    }
+
     fn f(&mut self, x: &[f32]) -> Result<f64> {
         let y = self
             .power
@@ -865,8 +949,11 @@ pub struct ExplainSettings {
 #[serde(rename_all = "lowercase")]
 pub enum ValueFunctionKind {
     #[default]
-    /// v(S) = E[f(x_S, X_S̄) | x_S] from joint samples (DESIGN §6; the default).
+    /// v(S) = E[f(x_S, X_S̄) | x_S] from joint samples centred on the model's conditional
+    /// mean (DESIGN §6; the default).
     Expectation,
+    /// The same expectation from the joint samples as drawn, not centred (for comparison).
+    Uncentred,
     /// v(S) = f(x_S, E[X_S̄ | x_S]): exact only for a linear f (kept for comparison).
     Mean,
 }
@@ -975,14 +1062,15 @@ pub fn explain_rows(
         ..value
     };
     let mut vf: Box<dyn ValueFunction> = match value.kind {
-        ValueFunctionKind::Expectation => {
+        ValueFunctionKind::Expectation | ValueFunctionKind::Uncentred => {
             if value.draws < 2 {
                 return Err(Error::usage(
                     "--draws",
                     "give at least 2 joint draws per coalition",
                 ));
             }
-            let vf = Sampled::new(power, emshap, d, value.draws, proposals, threads)?;
+            let centred = value.kind == ValueFunctionKind::Expectation;
+            let vf = Sampled::new(power, emshap, d, value.draws, proposals, centred, threads)?;
             base_value_source = match vf.base_value() {
                 Some(_) => "power model metadata: its mean prediction over the train split".into(),
                 None => format!(
@@ -1009,7 +1097,7 @@ pub fn explain_rows(
         features,
         method,
         value_function: value.kind,
-        draws: (value.kind == ValueFunctionKind::Expectation).then_some(value.draws),
+        draws: (value.kind != ValueFunctionKind::Mean).then_some(value.draws),
         proposals,
         energy_correction: energy,
         base_value_source,

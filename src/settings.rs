@@ -928,7 +928,7 @@ pub fn resolve_explain(
         .map_err(|_| {
             Error::usage(
                 "[explain] value_function",
-                format!("`{name}` (use expectation or mean)"),
+                format!("`{name}` (use expectation, uncentred or mean)"),
             )
         })?,
         (None, None) => crate::explain::ValueFunctionKind::default(),

@@ -38,9 +38,10 @@ pub struct ExplainArgs {
     #[arg(long, env = "EMSHAP_CI_EXPLAIN_PROPOSALS")]
     pub proposals: Option<usize>,
 
-    /// The value function: expectation (v(S) = E[f(x_S, X_S̄) | x_S] from joint samples,
-    /// right for any model) or mean (f at the conditional mean: exact only for a linear
-    /// model; for comparison).
+    /// The value function: expectation (v(S) = E[f(x_S, X_S̄) | x_S] from joint samples
+    /// centred on the model's conditional mean, right for any model), uncentred (the same
+    /// from the samples as drawn; for comparison) or mean (f at the conditional mean: exact
+    /// only for a linear model; for comparison).
     /// (default expectation)
     #[arg(long, env = "EMSHAP_CI_VALUE_FUNCTION")]
     pub value_function: Option<crate::explain::ValueFunctionKind>,

@@ -274,4 +274,74 @@ fn the_worked_example_in_docs_attribution_md_holds() {
     }
     let total: f64 = phi.iter().sum();
     assert!((total - (values[7] - values[0])).abs() < 1e-12);
+
+    let rows = |k: &str| -> Vec<f32> {
+        ex[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter())
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let mut draws = rows("centre_draws");
+    let observed: Vec<f32> = floats("centre_observed")
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let imputed: Vec<f32> = floats("centre_imputed").iter().map(|&v| v as f32).collect();
+    emshap_ci::explain::centre_draws(
+        &mut draws,
+        &observed,
+        &imputed,
+        ex["centre_groups"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(draws, rows("centred"));
+}
+
+/// Centring: each group's average of every unobserved feature lands on the target, the
+/// observed features and the spread within a group are untouched, and the groups are
+/// centred independently (so they stay replicas for the standard error).
+#[test]
+fn centring_moves_each_groups_mean_and_nothing_else() {
+    let (m, d, groups) = (64usize, 5usize, 8usize);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 40) as f32 / (1u64 << 24) as f32 * 10.0 - 5.0
+    };
+    let before: Vec<f32> = (0..m * d).map(|_| next()).collect();
+    let observed = [1.0, 0.0, 1.0, 0.0, 0.0];
+    let mean = [99.0, 3.0, 99.0, -2.0, 0.5];
+    let mut after = before.clone();
+    emshap_ci::explain::centre_draws(&mut after, &observed, &mean, groups);
+    for g in 0..groups {
+        let rows: Vec<usize> = (g..m).step_by(groups).collect();
+        for j in 0..d {
+            let avg = |v: &[f32]| {
+                rows.iter().map(|&r| f64::from(v[r * d + j])).sum::<f64>() / rows.len() as f64
+            };
+            if observed[j] > 0.5 {
+                for &r in &rows {
+                    assert_eq!(after[r * d + j], before[r * d + j]);
+                }
+                continue;
+            }
+            assert!(
+                (avg(&after) - f64::from(mean[j])).abs() < 1e-4,
+                "group {g} feature {j}"
+            );
+            let shift = after[rows[0] * d + j] - before[rows[0] * d + j];
+            assert!(
+                shift.abs() > 1e-3,
+                "a shift that is not zero for random draws"
+            );
+            for &r in &rows {
+                let s = after[r * d + j] - before[r * d + j];
+                assert!((s - shift).abs() < 1e-4, "one shift per group and feature");
+            }
+        }
+    }
 }
