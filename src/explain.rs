@@ -702,9 +702,9 @@ pub fn normal_quantile(p: f64) -> f64 {
     }
 }
 
-/// Centres one coalition's joint draws on the model's conditional means: `draws` is [M, d]
-/// (draw m in value-function group m mod `groups`), `observed` [d] the coalition, `mean` [d]
-/// the graph's `imputed` for it. Within each group, every unobserved feature's draws are
+/// Centres one coalition's joint draws on the model's conditional means: `draws` is `[M, d]`
+/// (draw m in value-function group m mod `groups`), `observed` (`[d]`) the coalition, `mean`
+/// (`[d]`) the graph's `imputed` for it. Within each group, every unobserved feature's draws are
 /// shifted by one constant so that their average is `mean[j]`; observed features are left
 /// alone.
 ///
