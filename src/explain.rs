@@ -329,6 +329,41 @@ fn solve(l: &[f64], d: usize, b: &[f64]) -> Vec<f64> {
     x
 }
 
+/// EMSHAP's `imputed` output, [n, d]: for row `x` (length d) under each of the n coalitions
+/// in `observed` ([n, d]), every one with the same candidate randomness `z` and `u` ([K, d]).
+/// The importance-weighted conditional mean of DESIGN §4 (with the energy off, the
+/// proposal's exact mixture mean). The plug-in value function scores it; the sampled one
+/// centres its draws on it.
+fn imputed(
+    emshap: &mut Session,
+    x: &[f32],
+    observed: Vec<f32>,
+    z: &[f32],
+    u: &[f32],
+    k: usize,
+) -> Result<Vec<f32>> {
+    let d = x.len();
+    let n = observed.len() / d;
+    let t = |shape: Vec<usize>, data: Vec<f32>| Tensor { shape, data };
+    let rep = |v: &[f32]| v.repeat(n);
+    emshap
+        .run(vec![
+            ("features", t(vec![n, d], rep(x))),
+            ("observed", t(vec![n, d], observed)),
+            ("noise", t(vec![n, k, d], rep(z))),
+            ("component_u", t(vec![n, k, d], rep(u))),
+        ])?
+        .into_iter()
+        .find(|(name, _)| name == "imputed")
+        .map(|(_, t)| t.data)
+        .ok_or_else(|| {
+            Error::usage(
+                "--models",
+                "the EMSHAP model has no `imputed` output (DESIGN §5)",
+            )
+        })
+}
+
 /// Coalitions per ONNX Runtime call (EMSHAP's intermediates are rows·K·d·128 floats).
 const BATCH: usize = 256;
 
@@ -385,37 +420,17 @@ impl ValueFunction for OnnxValue {
         let mut out = Vec::with_capacity(m);
         for start in (0..m).step_by(BATCH) {
             let len = BATCH.min(m - start);
-            let rep = |v: &[f32], times: usize| -> Vec<f32> {
-                let mut r = Vec::with_capacity(v.len() * times);
-                for _ in 0..times {
-                    r.extend_from_slice(v);
-                }
-                r
-            };
-            let t = |shape: Vec<usize>, data: Vec<f32>| Tensor { shape, data };
-            let imputed = self
-                .emshap
-                .run(vec![
-                    ("features", t(vec![len, d], rep(x, len))),
-                    (
-                        "observed",
-                        t(vec![len, d], masks[start * d..(start + len) * d].to_vec()),
-                    ),
-                    ("noise", t(vec![len, k, d], rep(&self.z, len))),
-                    ("component_u", t(vec![len, k, d], rep(&self.u, len))),
-                ])?
-                .into_iter()
-                .find(|(name, _)| name == "imputed")
-                .ok_or_else(|| {
-                    Error::usage(
-                        "--models",
-                        "the EMSHAP model has no `imputed` output (DESIGN §5)",
-                    )
-                })?
-                .1;
+            let observed = masks[start * d..(start + len) * d].to_vec();
+            let imputed = imputed(&mut self.emshap, x, observed, &self.z, &self.u, k)?;
             let f = self
                 .power
-                .run(vec![("features", imputed)])?
+                .run(vec![(
+                    "features",
+                    Tensor {
+                        shape: vec![len, d],
+                        data: imputed,
+                    },
+                )])?
                 .swap_remove(0)
                 .1;
             out.extend(f.data.iter().map(|&p| f64::from(p)));
@@ -850,38 +865,23 @@ impl ValueFunction for Sampled {
 }
 
 impl Sampled {
-    /// The graph's `imputed` for row `x` under each coalition of `batch`: E[X_j | x_S] of
-    /// every unobserved j given x_S alone (with the energy off, the proposal's exact mixture
-    /// mean; with it on, the importance-weighted mean over draw 0's K candidates).
+    /// The graph's `imputed` for row `x` under each coalition of `batch`, with draw 0's K
+    /// candidates' randomness (with the energy off, the proposal's exact mixture mean).
     fn conditional_means(&mut self, x: &[f32], masks: &[f32], batch: &[usize]) -> Result<Vec<f32>> {
-        let (d, k, n) = (self.d, self.k, batch.len());
-        let mut f_in = Vec::with_capacity(n * d);
-        let mut o_in = Vec::with_capacity(n * d);
-        let mut z_in = Vec::with_capacity(n * k * d);
-        let mut u_in = Vec::with_capacity(n * k * d);
-        for &c in batch {
-            f_in.extend_from_slice(x);
-            o_in.extend_from_slice(&masks[c * d..(c + 1) * d]);
-            z_in.extend_from_slice(&self.z[..k * d]);
-            u_in.extend_from_slice(&self.u[..k * d]);
-        }
-        let t = |shape: Vec<usize>, data: Vec<f32>| Tensor { shape, data };
-        self.emshap
-            .run(vec![
-                ("features", t(vec![n, d], f_in)),
-                ("observed", t(vec![n, d], o_in)),
-                ("noise", t(vec![n, k, d], z_in)),
-                ("component_u", t(vec![n, k, d], u_in)),
-            ])?
-            .into_iter()
-            .find(|(o, _)| o == "imputed")
-            .map(|(_, t)| t.data)
-            .ok_or_else(|| {
-                Error::usage(
-                    "--models",
-                    "the EMSHAP model has no `imputed` output (DESIGN §5)",
-                )
-            })
+        let (d, k) = (self.d, self.k);
+        let observed = batch
+            .iter()
+            .flat_map(|&c| &masks[c * d..(c + 1) * d])
+            .copied()
+            .collect();
+        imputed(
+            &mut self.emshap,
+            x,
+            observed,
+            &self.z[..k * d],
+            &self.u[..k * d],
+            k,
+        )
     }
 
     fn f(&mut self, x: &[f32]) -> Result<f64> {
