@@ -506,6 +506,10 @@ impl Trainee for Emshap<'_> {
         epoch >= self.s.warmup_epochs
     }
 
+    fn selects_within_noise(&self) -> bool {
+        true
+    }
+
     fn val_proposal_nll(&self) -> Option<f64> {
         self.last_val.get().map(|v| v.proposal_nll)
     }

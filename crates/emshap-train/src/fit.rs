@@ -1,7 +1,7 @@
 //! The training loop both models share: Adam, one pass over the (shuffled) train rows per
 //! epoch, the validation loss after each, the learning rate halved after a plateau, early
 //! stopping after `patience` epochs without improvement, and the best weights restored at
-//! the end. All randomness outside libtorch's own generator comes from one seeded ChaCha8,
+//! the end (EMSHAP: the latest within the validation noise of the best). All randomness outside libtorch's own generator comes from one seeded ChaCha8,
 //! so a CPU run is reproducible bit for bit.
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +54,30 @@ pub trait Trainee {
     fn counts_for_patience(&self, _epoch: usize) -> bool {
         true
     }
+    /// Whether the checkpoint kept is the latest one within the validation loss's own noise
+    /// of the best (see `noise_tolerance`), instead of the best alone. EMSHAP: yes, because
+    /// its validation NLL is flat within noise for most of training while the conditionals
+    /// still improve (BENCHMARKS.md, "Checkpoint selection within the noise").
+    fn selects_within_noise(&self) -> bool {
+        false
+    }
+}
+
+/// Epochs whose validation losses estimate the noise of one validation figure.
+const NOISE_WINDOW: usize = 20;
+
+/// Twice the noise of one validation figure, estimated from the last `NOISE_WINDOW` epochs:
+/// the standard deviation of successive differences over √2 (a slow trend barely moves it).
+/// Zero until there are 5 epochs.
+pub fn noise_tolerance(val_losses: &[f64]) -> f64 {
+    let tail = &val_losses[val_losses.len().saturating_sub(NOISE_WINDOW + 1)..];
+    if tail.len() < 5 {
+        return 0.0;
+    }
+    let diffs: Vec<f64> = tail.windows(2).map(|w| w[1] - w[0]).collect();
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (diffs.len() - 1) as f64;
+    2.0 * (var / 2.0).sqrt()
 }
 
 pub struct Fitted {
@@ -95,6 +119,9 @@ pub fn fit(
     let plateau = (s.patience / 2).max(1);
     let mut lr = s.lr;
     let mut best = (f64::INFINITY, 0usize, snapshot(vs));
+    // The latest epoch within the noise of the best so far (when the model selects so).
+    let mut latest: Option<(f64, usize, HashMap<String, Tensor>)> = None;
+    let mut val_losses = Vec::new();
     let mut since_best = 0;
     let mut since_lr = 0;
     let mut epochs = Vec::new();
@@ -137,8 +164,15 @@ pub fn fit(
             samples_per_s: model.epoch_rows(epoch) as f64 / seconds.max(1e-9),
             phases: model.phases(),
         });
-        if val_loss < best.0 {
+        val_losses.push(val_loss);
+        let improved = val_loss < best.0;
+        if improved {
             best = (val_loss, epoch + 1, snapshot(vs));
+        }
+        if model.selects_within_noise() && val_loss <= best.0 + noise_tolerance(&val_losses) {
+            latest = Some((val_loss, epoch + 1, snapshot(vs)));
+        }
+        if improved {
             since_best = 0;
             since_lr = 0;
         } else if model.counts_for_patience(epoch) {
@@ -155,12 +189,121 @@ pub fn fit(
             }
         }
     }
-    restore(vs, &best.2);
+    let tolerance = noise_tolerance(&val_losses);
+    let chosen = match latest {
+        Some(l) if l.1 > best.1 && l.0 <= best.0 + tolerance => {
+            tracing::info!(
+                epoch = l.1,
+                val_loss = l.0,
+                best_epoch = best.1,
+                best_val_loss = best.0,
+                tolerance,
+                "kept the latest checkpoint within the validation noise of the best"
+            );
+            l
+        }
+        _ => best,
+    };
+    restore(vs, &chosen.2);
     Ok(Fitted {
         epochs,
-        best_epoch: best.1,
-        best_val_loss: best.0,
+        best_epoch: chosen.1,
+        best_val_loss: chosen.0,
         stopped_early,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_noise_tolerance_is_twice_one_figures_noise() {
+        assert_eq!(noise_tolerance(&[1.0, 0.9, 0.8, 0.7]), 0.0);
+        assert!(noise_tolerance(&[0.5; 12]).abs() < 1e-12);
+        // A straight descent has no noise at all.
+        let line: Vec<f64> = (0..12).map(|i| 1.0 - 0.01 * i as f64).collect();
+        assert!(noise_tolerance(&line) < 1e-9);
+        // ±a around a level: successive differences ±2a (sd 2a·√(20/19) over 20 of them),
+        // read as white noise of sd 2a/√2, so the tolerance is 2·√2·a·√(20/19).
+        let a = 0.001;
+        let zigzag: Vec<f64> = (0..21).map(|i| 1.0 + if i % 2 == 0 { a } else { -a }).collect();
+        let t = noise_tolerance(&zigzag);
+        let want = 2.0 * 2f64.sqrt() * a * (20.0f64 / 19.0).sqrt();
+        assert!((t - want).abs() < 1e-12, "{t} {want}");
+    }
+
+    /// One weight, set to the epoch's number by training; scripted validation losses.
+    struct Scripted {
+        w: Tensor,
+        losses: Vec<f64>,
+        within_noise: bool,
+    }
+
+    impl Trainee for Scripted {
+        fn rows(&self) -> usize {
+            1
+        }
+        fn train_epoch(
+            &mut self,
+            epoch: usize,
+            _opt: &mut nn::Optimizer,
+            _rng: &mut ChaCha8Rng,
+            _progress: &Progress,
+        ) -> Result<f64> {
+            tch::no_grad(|| self.w.fill_(epoch as f64 + 1.0));
+            Ok(1.0)
+        }
+        fn validate(&self, epoch: usize) -> Result<(f64, Option<f64>)> {
+            Ok((self.losses[epoch], None))
+        }
+        fn selects_within_noise(&self) -> bool {
+            self.within_noise
+        }
+    }
+
+    fn kept(losses: &[f64], within_noise: bool) -> (usize, f64) {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let w = vs.root().zeros("w", &[1]);
+        let mut m = Scripted {
+            w: w.shallow_clone(),
+            losses: losses.to_vec(),
+            within_noise,
+        };
+        let s = TrainSettings {
+            data: "d".into(),
+            out: "o".into(),
+            epochs: losses.len(),
+            patience: 1000,
+            seed: 1,
+            device: emshap_ci::train::DeviceChoice::Cpu,
+            batch_size: 1,
+            lr: 1e-3,
+            threads: 1,
+            max_rows: None,
+            sha: String::new(),
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let f = fit(&vs, &mut m, &s, &mut rng, &Progress::new("t", true)).unwrap();
+        (f.best_epoch, w.double_value(&[0]))
+    }
+
+    #[test]
+    fn emshap_keeps_the_latest_checkpoint_within_the_noise_and_power_the_best() {
+        // A drop to a plateau that wobbles by ±0.001, its lowest point early (epoch 12).
+        let mut losses: Vec<f64> = (0..10).map(|i| 1.5 - 0.05 * i as f64).collect();
+        losses.extend((0..30).map(|i| 1.0 + if i % 2 == 0 { 0.001 } else { -0.001 }));
+        losses[11] = 0.998;
+        let (epoch, w) = kept(&losses, false);
+        assert_eq!((epoch, w), (12, 12.0));
+        let (epoch, w) = kept(&losses, true);
+        assert_eq!((epoch, w), (40, 40.0), "the last epoch is within the noise of the best");
+        // A real rise at the end is not within the noise: the best stays.
+        let mut rising = losses.clone();
+        rising.extend((1..=5).map(|i| 1.0 + 0.02 * i as f64));
+        let (epoch, w) = kept(&rising, true);
+        assert!(epoch < 41 && w == epoch as f64, "{epoch} {w}");
+    }
 }
