@@ -6,12 +6,13 @@
 # For each ROWS: `generate --rows ROWS` into a file (not timed), then `run --mode pr` on it in
 # a fresh work folder (no store: a bootstrap evaluation, as a repository's first PR), timed
 # with GNU time for the peak resident set. Prints one markdown table row per stage from
-# run.json. Uses the release binary (cargo build --release --workspace first: emshap-ci and emshap-ci-train).
+# run.json. Uses the release binary under $CARGO_TARGET_DIR (default ./target; cargo build
+# --release --workspace first: emshap-ci and emshap-ci-train).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1090
 source "$(scripts/setup.sh)"
-bin=./target/release/emshap-ci
+bin=${CARGO_TARGET_DIR:-./target}/release/emshap-ci
 [ -x "$bin" ] || { echo "bench_run.sh: build first: cargo build --release --workspace" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "bench_run.sh: needs GNU time (apt-get install time)" >&2; exit 2; }
 out=${BENCH_DIR:-$(mktemp -d)}

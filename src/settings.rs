@@ -298,6 +298,7 @@ pub struct EmshapSection {
     pub warmup_epochs: Option<usize>,
     pub energy_penalty: Option<f64>,
     pub input_noise: Option<f64>,
+    pub weight_average: Option<f64>,
     pub val_proposals: Option<usize>,
     pub energy: Option<String>,
     pub energy_rows: Option<usize>,
@@ -845,6 +846,10 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             e.energy_penalty.unwrap_or(0.0),
         )?,
         input_noise: non_negative("[train.emshap] input_noise", e.input_noise.unwrap_or(0.0))?,
+        weight_average: decay(
+            "[train.emshap] weight_average",
+            e.weight_average.unwrap_or(EMSHAP_WEIGHT_AVERAGE),
+        )?,
         val_proposals: positive(
             "[train.emshap] val_proposals",
             e.val_proposals.unwrap_or(EMSHAP_VAL_PROPOSALS),
@@ -868,7 +873,23 @@ pub const EMSHAP_GRU_HIDDEN: usize = 256;
 /// The training masks' default (BENCHMARKS.md, "EMSHAP quality").
 pub const EMSHAP_MASKING: &str = "uniform";
 pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
+/// The decay of the exponential moving average of EMSHAP's weights that validation, the
+/// checkpoint and the export use (0: the raw weights; BENCHMARKS.md, "EMSHAP quality").
+pub const EMSHAP_WEIGHT_AVERAGE: f64 = 0.0;
 pub const EMSHAP_VAL_PROPOSALS: usize = 50;
+
+fn decay(name: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(Error::usage(
+            name,
+            format!(
+                "{v} (give a decay in [0, 1): 0 is off, 0.999 averages over about 1,000 steps)"
+            ),
+        ))
+    }
+}
 
 fn non_negative(name: &str, v: f64) -> Result<f64> {
     if v.is_finite() && v >= 0.0 {

@@ -111,6 +111,9 @@ pub struct EmshapSettings {
     pub energy_penalty: f64,
     /// σ of the Gaussian noise added to the (standardised) training inputs each batch.
     pub input_noise: f64,
+    /// β of the exponential moving average of the weights (per optimiser step, warmed up as
+    /// min(β, (1 + t)/(10 + t))) that validation, checkpoints and the export use; 0: off.
+    pub weight_average: f64,
     /// K for the validation estimate of the energy density's NLL (checkpoint selection and
     /// the energy-on/off decision; its convergence is checked against 4× as many).
     pub val_proposals: usize,

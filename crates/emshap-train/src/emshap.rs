@@ -397,6 +397,65 @@ struct Emshap<'a> {
     last_val: std::cell::Cell<Option<ValFigures>>,
     /// Rows per energy epoch (see `EmshapSettings::energy_rows`).
     energy_rows: Option<usize>,
+    /// The moving average of the weights (`EmshapSettings::weight_average` > 0).
+    average: Option<Average>,
+}
+
+/// An exponential moving average of a var store's weights, updated after each optimiser
+/// step with decay min(β, (1 + t)/(10 + t)) (so the first steps do not pin it to the
+/// initial weights), and swapped with the raw weights for validation.
+struct Average {
+    /// (the variable, its average)
+    pairs: Vec<(Tensor, Tensor)>,
+    beta: f64,
+    steps: std::cell::Cell<u64>,
+    swapped: std::cell::Cell<bool>,
+}
+
+impl Average {
+    fn new(vs: &nn::VarStore, beta: f64) -> Self {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Average {
+            pairs: vars
+                .into_iter()
+                .map(|(_, v)| {
+                    let avg = v.detach().copy();
+                    (v, avg)
+                })
+                .collect(),
+            beta,
+            steps: Default::default(),
+            swapped: Default::default(),
+        }
+    }
+
+    fn update(&self) {
+        let t = self.steps.get() as f64;
+        self.steps.set(self.steps.get() + 1);
+        let beta = self.beta.min((1.0 + t) / (10.0 + t));
+        tch::no_grad(|| {
+            for (v, avg) in &self.pairs {
+                let mut avg = avg.shallow_clone();
+                let _ = avg.g_mul_scalar_(beta);
+                let _ = avg.g_add_(&(v * (1.0 - beta)));
+            }
+        });
+    }
+
+    fn swap(&self, on: bool) {
+        if self.swapped.get() == on {
+            return;
+        }
+        tch::no_grad(|| {
+            for (v, avg) in &self.pairs {
+                let raw = v.detach().copy();
+                v.shallow_clone().copy_(avg);
+                avg.shallow_clone().copy_(&raw);
+            }
+        });
+        self.swapped.set(on);
+    }
 }
 
 /// Validation figures of one pass, standardised units, per unobserved entry.
@@ -510,6 +569,12 @@ impl Trainee for Emshap<'_> {
         true
     }
 
+    fn use_average(&self, on: bool) {
+        if let Some(a) = &self.average {
+            a.swap(on);
+        }
+    }
+
     fn val_proposal_nll(&self) -> Option<f64> {
         self.last_val.get().map(|v| v.proposal_nll)
     }
@@ -562,6 +627,9 @@ impl Trainee for Emshap<'_> {
             loss.backward();
             let t2 = Instant::now();
             opt.step();
+            if let Some(a) = &self.average {
+                a.update();
+            }
             phases.backward += (t2 - t1).as_secs_f64();
             phases.optimizer += t2.elapsed().as_secs_f64();
             total += loss.detach() * len as f64;
@@ -1019,6 +1087,7 @@ pub fn train(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
         energy_rows: s
             .energy_rows
             .or((!device.is_cuda()).then_some(super::EMSHAP_CPU_ENERGY_ROWS)),
+        average: (s.weight_average > 0.0).then(|| Average::new(&vs, s.weight_average)),
     };
     let fitted = fit::fit(&vs, &mut trainee, c, &mut rng, progress)?;
     progress.finish();
@@ -1099,6 +1168,39 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_weight_average_follows_its_decay_and_swaps_in_and_out() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().zeros("w", &[2]);
+        let avg = Average::new(&vs, 0.5);
+        let set = |v: f64| {
+            tch::no_grad(|| {
+                let _ = w.shallow_clone().fill_(v);
+            })
+        };
+        let value = |t: &Tensor| t.double_value(&[1]);
+        // Step t decays by min(0.5, (1 + t)/(10 + t)): 0.1, 2/11, 0.25, 4/13, 5/14, then 0.5.
+        let mut want = 0.0;
+        for t in 0..8 {
+            let v = t as f64 + 1.0;
+            set(v);
+            avg.update();
+            let beta = (0.5f64).min((1.0 + t as f64) / (10.0 + t as f64));
+            want = beta * want + (1.0 - beta) * v;
+        }
+        assert!((value(&avg.pairs[0].1) - want).abs() < 1e-6);
+        assert!(want < 8.0 && want > 6.0, "{want}");
+        avg.swap(true);
+        assert!(
+            (value(&w) - want).abs() < 1e-6,
+            "validation sees the average"
+        );
+        avg.swap(true);
+        assert!((value(&w) - want).abs() < 1e-6, "swapping in twice is once");
+        avg.swap(false);
+        assert_eq!(value(&w), 8.0, "training continues on the raw weights");
     }
 
     #[test]

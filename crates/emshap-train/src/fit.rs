@@ -61,6 +61,10 @@ pub trait Trainee {
     fn selects_within_noise(&self) -> bool {
         false
     }
+    /// Puts the averaged weights in place (`true`) or the raw ones back (`false`), for a
+    /// model that keeps a moving average of its weights: validation, checkpoints and the
+    /// final weights are the average's, training continues on the raw weights.
+    fn use_average(&self, _on: bool) {}
 }
 
 /// Epochs whose validation losses estimate the noise of one validation figure.
@@ -134,6 +138,7 @@ pub fn fit(
         let t0 = Instant::now();
         let train_loss = model.train_epoch(epoch, &mut opt, rng, progress)?;
         let seconds = t0.elapsed().as_secs_f64();
+        model.use_average(true);
         let (val_loss, val_nll) = model.validate(epoch)?;
         if !train_loss.is_finite() || !val_loss.is_finite() {
             return Err(Error::usage(
@@ -172,6 +177,7 @@ pub fn fit(
         if model.selects_within_noise() && val_loss <= best.0 + noise_tolerance(&val_losses) {
             latest = Some((val_loss, epoch + 1, snapshot(vs)));
         }
+        model.use_average(false);
         if improved {
             since_best = 0;
             since_lr = 0;
@@ -229,7 +235,9 @@ mod tests {
         // ±a around a level: successive differences ±2a (sd 2a·√(20/19) over 20 of them),
         // read as white noise of sd 2a/√2, so the tolerance is 2·√2·a·√(20/19).
         let a = 0.001;
-        let zigzag: Vec<f64> = (0..21).map(|i| 1.0 + if i % 2 == 0 { a } else { -a }).collect();
+        let zigzag: Vec<f64> = (0..21)
+            .map(|i| 1.0 + if i % 2 == 0 { a } else { -a })
+            .collect();
         let t = noise_tolerance(&zigzag);
         let want = 2.0 * 2f64.sqrt() * a * (20.0f64 / 19.0).sqrt();
         assert!((t - want).abs() < 1e-12, "{t} {want}");
@@ -253,7 +261,9 @@ mod tests {
             _rng: &mut ChaCha8Rng,
             _progress: &Progress,
         ) -> Result<f64> {
-            tch::no_grad(|| self.w.fill_(epoch as f64 + 1.0));
+            tch::no_grad(|| {
+                let _ = self.w.fill_(epoch as f64 + 1.0);
+            });
             Ok(1.0)
         }
         fn validate(&self, epoch: usize) -> Result<(f64, Option<f64>)> {
@@ -299,7 +309,11 @@ mod tests {
         let (epoch, w) = kept(&losses, false);
         assert_eq!((epoch, w), (12, 12.0));
         let (epoch, w) = kept(&losses, true);
-        assert_eq!((epoch, w), (40, 40.0), "the last epoch is within the noise of the best");
+        assert_eq!(
+            (epoch, w),
+            (40, 40.0),
+            "the last epoch is within the noise of the best"
+        );
         // A real rise at the end is not within the noise: the best stays.
         let mut rising = losses.clone();
         rising.extend((1..=5).map(|i| 1.0 + 0.02 * i as f64));
