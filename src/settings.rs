@@ -875,7 +875,7 @@ pub const EMSHAP_MASKING: &str = "uniform";
 pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
 /// The decay of the exponential moving average of EMSHAP's weights that validation, the
 /// checkpoint and the export use (0: the raw weights; BENCHMARKS.md, "EMSHAP quality").
-pub const EMSHAP_WEIGHT_AVERAGE: f64 = 0.0;
+pub const EMSHAP_WEIGHT_AVERAGE: f64 = 0.999;
 pub const EMSHAP_VAL_PROPOSALS: usize = 50;
 
 fn decay(name: &str, v: f64) -> Result<f64> {
@@ -1142,6 +1142,27 @@ mod tests {
         ] {
             let e = resolve_pull(&args, &cfg).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{e}");
+        }
+    }
+
+    #[test]
+    fn the_weight_average_is_a_decay_below_one() {
+        let e = resolve_train_emshap(&TrainEmshapArgs::default(), &file("")).unwrap();
+        assert_eq!(e.weight_average, EMSHAP_WEIGHT_AVERAGE);
+        let e = resolve_train_emshap(
+            &TrainEmshapArgs::default(),
+            &file("[train.emshap]\nweight_average = 0\n"),
+        )
+        .unwrap();
+        assert_eq!(e.weight_average, 0.0, "0 turns it off");
+        for bad in ["1.0", "-0.1", "nan"] {
+            let cfg = file(&format!("[train.emshap]\nweight_average = {bad}\n"));
+            let err = resolve_train_emshap(&TrainEmshapArgs::default(), &cfg).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            assert!(
+                err.to_string().contains("[train.emshap] weight_average"),
+                "{err}"
+            );
         }
     }
 
