@@ -874,7 +874,8 @@ pub const EMSHAP_GRU_HIDDEN: usize = 256;
 pub const EMSHAP_MASKING: &str = "uniform";
 pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
 /// The decay of the exponential moving average of EMSHAP's weights that validation, the
-/// checkpoint and the export use (0: the raw weights; BENCHMARKS.md, "EMSHAP quality").
+/// checkpoint and the export use (0: the raw weights; BENCHMARKS.md, "Weight averaging and
+/// checkpoint selection").
 pub const EMSHAP_WEIGHT_AVERAGE: f64 = 0.999;
 pub const EMSHAP_VAL_PROPOSALS: usize = 50;
 

@@ -408,31 +408,30 @@ struct Average {
     /// (the variable, its average)
     pairs: Vec<(Tensor, Tensor)>,
     beta: f64,
-    steps: std::cell::Cell<u64>,
-    swapped: std::cell::Cell<bool>,
+    steps: u64,
+    swapped: bool,
 }
 
 impl Average {
     fn new(vs: &nn::VarStore, beta: f64) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
         Average {
-            pairs: vars
-                .into_iter()
-                .map(|(_, v)| {
+            pairs: vs
+                .variables()
+                .into_values()
+                .map(|v| {
                     let avg = v.detach().copy();
                     (v, avg)
                 })
                 .collect(),
             beta,
-            steps: Default::default(),
-            swapped: Default::default(),
+            steps: 0,
+            swapped: false,
         }
     }
 
-    fn update(&self) {
-        let t = self.steps.get() as f64;
-        self.steps.set(self.steps.get() + 1);
+    fn update(&mut self) {
+        let t = self.steps as f64;
+        self.steps += 1;
         let beta = self.beta.min((1.0 + t) / (10.0 + t));
         tch::no_grad(|| {
             for (v, avg) in &self.pairs {
@@ -443,8 +442,8 @@ impl Average {
         });
     }
 
-    fn swap(&self, on: bool) {
-        if self.swapped.get() == on {
+    fn swap(&mut self, on: bool) {
+        if self.swapped == on {
             return;
         }
         tch::no_grad(|| {
@@ -454,7 +453,7 @@ impl Average {
                 avg.shallow_clone().copy_(&raw);
             }
         });
-        self.swapped.set(on);
+        self.swapped = on;
     }
 }
 
@@ -569,8 +568,8 @@ impl Trainee for Emshap<'_> {
         true
     }
 
-    fn use_average(&self, on: bool) {
-        if let Some(a) = &self.average {
+    fn use_average(&mut self, on: bool) {
+        if let Some(a) = &mut self.average {
             a.swap(on);
         }
     }
@@ -627,7 +626,7 @@ impl Trainee for Emshap<'_> {
             loss.backward();
             let t2 = Instant::now();
             opt.step();
-            if let Some(a) = &self.average {
+            if let Some(a) = &mut self.average {
                 a.update();
             }
             phases.backward += (t2 - t1).as_secs_f64();
@@ -1174,7 +1173,7 @@ mod tests {
     fn the_weight_average_follows_its_decay_and_swaps_in_and_out() {
         let vs = nn::VarStore::new(Device::Cpu);
         let w = vs.root().zeros("w", &[2]);
-        let avg = Average::new(&vs, 0.5);
+        let mut avg = Average::new(&vs, 0.5);
         let set = |v: f64| {
             tch::no_grad(|| {
                 let _ = w.shallow_clone().fill_(v);

@@ -1,8 +1,9 @@
 //! The training loop both models share: Adam, one pass over the (shuffled) train rows per
 //! epoch, the validation loss after each, the learning rate halved after a plateau, early
 //! stopping after `patience` epochs without improvement, and the best weights restored at
-//! the end (EMSHAP: the latest within the validation noise of the best). All randomness outside libtorch's own generator comes from one seeded ChaCha8,
-//! so a CPU run is reproducible bit for bit.
+//! the end (EMSHAP: the latest within the validation noise of the best). All randomness
+//! outside libtorch's own generator comes from one seeded ChaCha8, so a CPU run is
+//! reproducible bit for bit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -57,14 +58,14 @@ pub trait Trainee {
     /// Whether the checkpoint kept is the latest one within the validation loss's own noise
     /// of the best (see `noise_tolerance`), instead of the best alone. EMSHAP: yes, because
     /// its validation NLL is flat within noise for most of training while the conditionals
-    /// still improve (BENCHMARKS.md, "Checkpoint selection within the noise").
+    /// still improve (BENCHMARKS.md, "Weight averaging and checkpoint selection").
     fn selects_within_noise(&self) -> bool {
         false
     }
     /// Puts the averaged weights in place (`true`) or the raw ones back (`false`), for a
     /// model that keeps a moving average of its weights: validation, checkpoints and the
     /// final weights are the average's, training continues on the raw weights.
-    fn use_average(&self, _on: bool) {}
+    fn use_average(&mut self, _on: bool) {}
 }
 
 /// Epochs whose validation losses estimate the noise of one validation figure.
@@ -73,7 +74,7 @@ const NOISE_WINDOW: usize = 20;
 /// Twice the noise of one validation figure, estimated from the last `NOISE_WINDOW` epochs:
 /// the standard deviation of successive differences over √2 (a slow trend barely moves it).
 /// Zero until there are 5 epochs.
-pub fn noise_tolerance(val_losses: &[f64]) -> f64 {
+fn noise_tolerance(val_losses: &[f64]) -> f64 {
     let tail = &val_losses[val_losses.len().saturating_sub(NOISE_WINDOW + 1)..];
     if tail.len() < 5 {
         return 0.0;
@@ -123,7 +124,7 @@ pub fn fit(
     let plateau = (s.patience / 2).max(1);
     let mut lr = s.lr;
     let mut best = (f64::INFINITY, 0usize, snapshot(vs));
-    // The latest epoch within the noise of the best so far (when the model selects so).
+    // The latest epoch after the best within the noise of it (when the model selects so).
     let mut latest: Option<(f64, usize, HashMap<String, Tensor>)> = None;
     let mut val_losses = Vec::new();
     let mut since_best = 0;
@@ -173,8 +174,8 @@ pub fn fit(
         let improved = val_loss < best.0;
         if improved {
             best = (val_loss, epoch + 1, snapshot(vs));
-        }
-        if model.selects_within_noise() && val_loss <= best.0 + noise_tolerance(&val_losses) {
+        } else if model.selects_within_noise() && val_loss <= best.0 + noise_tolerance(&val_losses)
+        {
             latest = Some((val_loss, epoch + 1, snapshot(vs)));
         }
         model.use_average(false);
