@@ -299,6 +299,7 @@ pub struct EmshapSection {
     pub energy_penalty: Option<f64>,
     pub input_noise: Option<f64>,
     pub weight_average: Option<f64>,
+    pub checkpoint: Option<String>,
     pub val_proposals: Option<usize>,
     pub energy: Option<String>,
     pub energy_rows: Option<usize>,
@@ -850,6 +851,16 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             "[train.emshap] weight_average",
             e.weight_average.unwrap_or(EMSHAP_WEIGHT_AVERAGE),
         )?,
+        checkpoint: match e.checkpoint.as_deref().unwrap_or(EMSHAP_KEEP) {
+            "noise" => crate::train::Checkpoint::Noise,
+            "last" => crate::train::Checkpoint::Last,
+            other => {
+                return Err(Error::usage(
+                    "[train.emshap] checkpoint",
+                    format!("{other} (use noise or last)"),
+                ))
+            }
+        },
         val_proposals: positive(
             "[train.emshap] val_proposals",
             e.val_proposals.unwrap_or(EMSHAP_VAL_PROPOSALS),
@@ -878,6 +889,9 @@ pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
 /// checkpoint selection").
 pub const EMSHAP_WEIGHT_AVERAGE: f64 = 0.999;
 pub const EMSHAP_VAL_PROPOSALS: usize = 50;
+/// The checkpoint `train emshap` keeps: `noise` (the latest within the validation noise of
+/// the best) or `last` (BENCHMARKS.md, "Weight averaging and checkpoint selection").
+pub const EMSHAP_KEEP: &str = "noise";
 
 fn decay(name: &str, v: f64) -> Result<f64> {
     if v.is_finite() && (0.0..1.0).contains(&v) {
@@ -1144,6 +1158,26 @@ mod tests {
             let e = resolve_pull(&args, &cfg).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{e}");
         }
+    }
+
+    #[test]
+    fn the_checkpoint_rule_is_noise_or_last() {
+        let e = resolve_train_emshap(&TrainEmshapArgs::default(), &file("")).unwrap();
+        assert_eq!(e.checkpoint, crate::train::Checkpoint::Noise);
+        let e = resolve_train_emshap(
+            &TrainEmshapArgs::default(),
+            &file("[train.emshap]\ncheckpoint = \"last\"\n"),
+        )
+        .unwrap();
+        assert_eq!(e.checkpoint, crate::train::Checkpoint::Last);
+        let cfg = file("[train.emshap]\ncheckpoint = \"best\"\n");
+        let err = resolve_train_emshap(&TrainEmshapArgs::default(), &cfg).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(
+            err.to_string().contains("[train.emshap] checkpoint")
+                && err.to_string().contains("noise or last"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub struct EmshapSettings {
     /// β of the exponential moving average of the weights (per optimiser step, warmed up as
     /// min(β, (1 + t)/(10 + t))) that validation, checkpoints and the export use; 0: off.
     pub weight_average: f64,
+    /// Which epoch's weights are kept (`[train.emshap] checkpoint`).
+    pub checkpoint: Checkpoint,
     /// K for the validation estimate of the energy density's NLL (checkpoint selection and
     /// the energy-on/off decision; its convergence is checked against 4× as many).
     pub val_proposals: usize,
@@ -123,6 +125,16 @@ pub struct EmshapSettings {
     /// Rows per epoch once the energy network trains (a fresh random subset of the train
     /// sample each epoch); None: all.
     pub energy_rows: Option<usize>,
+}
+
+/// Which epoch's weights `train emshap` keeps (`[train.emshap] checkpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpoint {
+    /// The latest epoch whose validation loss is within twice its own noise of the best.
+    Noise,
+    /// The last epoch trained (the moving average's weights when it is on).
+    Last,
 }
 
 /// The training masks (`--masking`).

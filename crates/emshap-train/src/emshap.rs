@@ -26,7 +26,8 @@ use super::fit::{self, Trainee};
 use super::power::{proof_rows, sample_rows};
 use super::tensors::{self, Comparison};
 use super::{
-    EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY, EMSHAP_ONNX,
+    Checkpoint, EmshapSettings, EnergyChoice, TrainReport, EMSHAP_CHECKPOINT, EMSHAP_HISTORY,
+    EMSHAP_ONNX,
 };
 use emshap_ci::error::{Error, Result};
 use emshap_ci::kpi::{column_sd, emshap_kpis, fixed_draws, FixedDraws};
@@ -566,6 +567,10 @@ impl Trainee for Emshap<'_> {
 
     fn selects_within_noise(&self) -> bool {
         true
+    }
+
+    fn keeps_last(&self) -> bool {
+        self.s.checkpoint == Checkpoint::Last
     }
 
     fn use_average(&mut self, on: bool) {

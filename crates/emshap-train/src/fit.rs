@@ -62,6 +62,12 @@ pub trait Trainee {
     fn selects_within_noise(&self) -> bool {
         false
     }
+    /// Whether the checkpoint kept is the last epoch trained, whatever its validation loss
+    /// (EMSHAP's `checkpoint = "last"`: with the weight average on and a learning rate that
+    /// decays to the end, the last epoch's average is the one the schedule aims at).
+    fn keeps_last(&self) -> bool {
+        false
+    }
     /// Puts the averaged weights in place (`true`) or the raw ones back (`false`), for a
     /// model that keeps a moving average of its weights: validation, checkpoints and the
     /// final weights are the average's, training continues on the raw weights.
@@ -173,8 +179,17 @@ pub fn fit(
         val_losses.push(val_loss);
         let improved = val_loss < best.0;
         if improved {
-            best = (val_loss, epoch + 1, snapshot(vs));
-        } else if model.selects_within_noise() && val_loss <= best.0 + noise_tolerance(&val_losses)
+            (best.0, best.1) = (val_loss, epoch + 1);
+            if !model.keeps_last() {
+                best.2 = snapshot(vs);
+            }
+        }
+        if model.keeps_last() {
+            // Every epoch may be the last (early stopping), so each one is kept in turn.
+            latest = Some((val_loss, epoch + 1, snapshot(vs)));
+        } else if !improved
+            && model.selects_within_noise()
+            && val_loss <= best.0 + noise_tolerance(&val_losses)
         {
             latest = Some((val_loss, epoch + 1, snapshot(vs)));
         }
@@ -198,6 +213,15 @@ pub fn fit(
     }
     let tolerance = noise_tolerance(&val_losses);
     let chosen = match latest {
+        Some(l) if model.keeps_last() => {
+            tracing::info!(
+                epoch = l.1,
+                val_loss = l.0,
+                best_val_loss = best.0,
+                "kept the last checkpoint"
+            );
+            l
+        }
         Some(l) if l.1 > best.1 && l.0 <= best.0 + tolerance => {
             tracing::info!(
                 epoch = l.1,
@@ -249,6 +273,7 @@ mod tests {
         w: Tensor,
         losses: Vec<f64>,
         within_noise: bool,
+        last: bool,
     }
 
     impl Trainee for Scripted {
@@ -273,15 +298,20 @@ mod tests {
         fn selects_within_noise(&self) -> bool {
             self.within_noise
         }
+        fn keeps_last(&self) -> bool {
+            self.last
+        }
     }
 
-    fn kept(losses: &[f64], within_noise: bool) -> (usize, f64) {
+    /// The epoch kept and the weight restored, selecting by `rule`: best, noise or last.
+    fn kept(losses: &[f64], rule: &str) -> (usize, f64) {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let w = vs.root().zeros("w", &[1]);
         let mut m = Scripted {
             w: w.shallow_clone(),
             losses: losses.to_vec(),
-            within_noise,
+            within_noise: rule == "noise",
+            last: rule == "last",
         };
         let s = TrainSettings {
             data: "d".into(),
@@ -307,9 +337,9 @@ mod tests {
         let mut losses: Vec<f64> = (0..10).map(|i| 1.5 - 0.05 * i as f64).collect();
         losses.extend((0..30).map(|i| 1.0 + if i % 2 == 0 { 0.001 } else { -0.001 }));
         losses[11] = 0.998;
-        let (epoch, w) = kept(&losses, false);
+        let (epoch, w) = kept(&losses, "best");
         assert_eq!((epoch, w), (12, 12.0));
-        let (epoch, w) = kept(&losses, true);
+        let (epoch, w) = kept(&losses, "noise");
         assert_eq!(
             (epoch, w),
             (40, 40.0),
@@ -318,7 +348,16 @@ mod tests {
         // A real rise at the end is not within the noise: the best stays.
         let mut rising = losses.clone();
         rising.extend((1..=5).map(|i| 1.0 + 0.02 * i as f64));
-        let (epoch, w) = kept(&rising, true);
+        let (epoch, w) = kept(&rising, "noise");
         assert!(epoch < 41 && w == epoch as f64, "{epoch} {w}");
+    }
+
+    #[test]
+    fn the_last_rule_keeps_the_last_epoch_even_after_a_rise() {
+        let mut losses: Vec<f64> = (0..10).map(|i| 1.5 - 0.05 * i as f64).collect();
+        losses.extend((1..=5).map(|i| 1.05 + 0.02 * i as f64));
+        assert_eq!(kept(&losses, "best"), (10, 10.0));
+        assert!(kept(&losses, "noise").0 < 15, "a real rise");
+        assert_eq!(kept(&losses, "last"), (15, 15.0));
     }
 }
