@@ -147,6 +147,7 @@ fn record(epoch: usize, train_loss: f64, val_loss: f64, rows: usize, lr: f64) ->
         val_loss,
         val_nll: None,
         val_proposal_nll: None,
+        val_loss_se: None,
         mask_rate: None,
         lr,
         seconds: 0.0,

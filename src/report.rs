@@ -643,6 +643,7 @@ mod tests {
                 val_loss: 1.1 / e as f64,
                 val_nll: None,
                 val_proposal_nll: None,
+                val_loss_se: None,
                 mask_rate: None,
                 lr: 1e-3,
                 seconds: 1.0,

@@ -237,6 +237,10 @@ pub struct EpochRecord {
     /// EMSHAP: the proposal's own validation NLL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_proposal_nll: Option<f64>,
+    /// EMSHAP: the validation loss's standard error over the masked entries (checkpoint
+    /// selection's tolerance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss_se: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask_rate: Option<f64>,
     pub lr: f64,

@@ -83,6 +83,10 @@ struct LossSums {
     nll: Tensor,
     /// −Σ log q_i(x_i) over the unobserved entries.
     proposal_nll: Tensor,
+    /// Σ (log p̂_i(x_i))² and Σ (log q_i(x_i))² over the unobserved entries (validation's
+    /// standard errors).
+    nll_sq: Tensor,
+    proposal_nll_sq: Tensor,
     /// Σ (mean estimate − x)² over the unobserved entries (standardised).
     sq_err: Tensor,
     entries: i64,
@@ -337,6 +341,8 @@ impl Net {
             loss,
             nll: s.log_p.sum(Kind::Float).neg(),
             proposal_nll: s.log_q_x.sum(Kind::Float).neg(),
+            nll_sq: s.log_p.square().sum(Kind::Float),
+            proposal_nll_sq: s.log_q_x.square().sum(Kind::Float),
             sq_err: (&s.mean - xs.reshape([-1]).index_select(0, &flat))
                 .square()
                 .sum(Kind::Float),
@@ -463,6 +469,9 @@ impl Average {
 struct ValFigures {
     nll: f64,
     proposal_nll: f64,
+    /// The standard errors of `nll` and `proposal_nll` over the entries they average.
+    nll_se: f64,
+    proposal_nll_se: f64,
     rmse: f64,
 }
 
@@ -504,6 +513,7 @@ impl Emshap<'_> {
     ) -> ValFigures {
         let n = rows.map_or(self.val_x.size()[0], |r| r.min(self.val_x.size()[0]));
         let (mut nll, mut pnll, mut se, mut entries) = (0.0, 0.0, 0.0, 0i64);
+        let (mut nll_sq, mut pnll_sq) = (0.0, 0.0);
         tch::no_grad(|| {
             for start in (0..n).step_by(CHUNK) {
                 let len = (CHUNK as i64).min(n - start);
@@ -523,14 +533,19 @@ impl Emshap<'_> {
                 );
                 nll += sums.nll.double_value(&[]);
                 pnll += sums.proposal_nll.double_value(&[]);
+                nll_sq += sums.nll_sq.double_value(&[]);
+                pnll_sq += sums.proposal_nll_sq.double_value(&[]);
                 se += sums.sq_err.double_value(&[]);
                 entries += sums.entries;
             }
         });
         let e = entries.max(1) as f64;
+        let se_of = |sum: f64, sq: f64| ((sq / e - (sum / e).powi(2)).max(0.0) / e).sqrt();
         ValFigures {
             nll: nll / e,
             proposal_nll: pnll / e,
+            nll_se: se_of(nll, nll_sq),
+            proposal_nll_se: se_of(pnll, pnll_sq),
             rmse: (se / e).sqrt(),
         }
     }
@@ -581,6 +596,12 @@ impl Trainee for Emshap<'_> {
 
     fn val_proposal_nll(&self) -> Option<f64> {
         self.last_val.get().map(|v| v.proposal_nll)
+    }
+
+    fn val_loss_se(&self) -> Option<f64> {
+        // The loss is the smaller of the two NLLs (or the energy's alone): the larger SE
+        // of the two covers either.
+        self.last_val.get().map(|v| v.nll_se.max(v.proposal_nll_se))
     }
 
     fn train_epoch(

@@ -38,6 +38,12 @@ pub trait Trainee {
     fn val_proposal_nll(&self) -> Option<f64> {
         None
     }
+    /// The standard error of the last `validate`'s loss over the rows (or entries) it
+    /// averages, when the model measures it: the part of a validation figure's noise that
+    /// a smooth (weight-averaged) curve hides from the epoch-to-epoch estimate.
+    fn val_loss_se(&self) -> Option<f64> {
+        None
+    }
     fn mask_rate(&self, _epoch: usize) -> Option<f64> {
         None
     }
@@ -77,9 +83,10 @@ pub trait Trainee {
 /// Epochs whose validation losses estimate the noise of one validation figure.
 const NOISE_WINDOW: usize = 20;
 
-/// Twice the noise of one validation figure, estimated from the last `NOISE_WINDOW` epochs:
-/// the standard deviation of successive differences over √2 (a slow trend barely moves it).
-/// Zero until there are 5 epochs.
+/// Twice the epoch-to-epoch noise of one validation figure, estimated from the last
+/// `NOISE_WINDOW` epochs: the standard deviation of successive differences over √2 (a slow
+/// trend barely moves it). Zero until there are 5 epochs. `fit` takes the larger of it and
+/// the figure's standard error over the validation rows (`Trainee::val_loss_se`).
 fn noise_tolerance(val_losses: &[f64]) -> f64 {
     let tail = &val_losses[val_losses.len().saturating_sub(NOISE_WINDOW + 1)..];
     if tail.len() < 5 {
@@ -89,6 +96,12 @@ fn noise_tolerance(val_losses: &[f64]) -> f64 {
     let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
     let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (diffs.len() - 1) as f64;
     2.0 * (var / 2.0).sqrt()
+}
+
+/// How far above the best a validation loss may be and still count as the same: the larger
+/// of twice its epoch-to-epoch noise and its standard error over the validation rows.
+fn tolerance(val_losses: &[f64], se: Option<f64>) -> f64 {
+    noise_tolerance(val_losses).max(se.unwrap_or(0.0))
 }
 
 pub struct Fitted {
@@ -170,6 +183,7 @@ pub fn fit(
             val_loss,
             val_nll,
             val_proposal_nll: model.val_proposal_nll(),
+            val_loss_se: model.val_loss_se(),
             mask_rate: model.mask_rate(epoch),
             lr,
             seconds,
@@ -189,7 +203,7 @@ pub fn fit(
             latest = Some((val_loss, epoch + 1, snapshot(vs)));
         } else if !improved
             && model.selects_within_noise()
-            && val_loss <= best.0 + noise_tolerance(&val_losses)
+            && val_loss <= best.0 + tolerance(&val_losses, model.val_loss_se())
         {
             latest = Some((val_loss, epoch + 1, snapshot(vs)));
         }
@@ -211,7 +225,7 @@ pub fn fit(
             }
         }
     }
-    let tolerance = noise_tolerance(&val_losses);
+    let tolerance = tolerance(&val_losses, model.val_loss_se());
     let chosen = match latest {
         Some(l) if model.keeps_last() => {
             tracing::info!(
@@ -274,6 +288,7 @@ mod tests {
         losses: Vec<f64>,
         within_noise: bool,
         last: bool,
+        se: Option<f64>,
     }
 
     impl Trainee for Scripted {
@@ -301,10 +316,17 @@ mod tests {
         fn keeps_last(&self) -> bool {
             self.last
         }
+        fn val_loss_se(&self) -> Option<f64> {
+            self.se
+        }
     }
 
     /// The epoch kept and the weight restored, selecting by `rule`: best, noise or last.
     fn kept(losses: &[f64], rule: &str) -> (usize, f64) {
+        kept_with_se(losses, rule, None)
+    }
+
+    fn kept_with_se(losses: &[f64], rule: &str, se: Option<f64>) -> (usize, f64) {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let w = vs.root().zeros("w", &[1]);
         let mut m = Scripted {
@@ -312,6 +334,7 @@ mod tests {
             losses: losses.to_vec(),
             within_noise: rule == "noise",
             last: rule == "last",
+            se,
         };
         let s = TrainSettings {
             data: "d".into(),
@@ -359,5 +382,24 @@ mod tests {
         assert_eq!(kept(&losses, "best"), (10, 10.0));
         assert!(kept(&losses, "noise").0 < 15, "a real rise");
         assert_eq!(kept(&losses, "last"), (15, 15.0));
+    }
+
+    #[test]
+    fn a_smooth_curve_is_judged_by_its_standard_error_over_the_rows() {
+        // A smooth (weight-averaged) curve: a slow descent to its lowest point at epoch 20,
+        // then a slow rise of 0.0002 an epoch, with no epoch-to-epoch noise to speak of.
+        let mut losses: Vec<f64> = (0..20).map(|i| 1.2 - 0.0001 * i as f64).collect();
+        losses.extend((1..=20).map(|i| 1.1981 + 0.0002 * i as f64));
+        let (alone, _) = kept(&losses, "noise");
+        assert!(
+            (20..25).contains(&alone),
+            "no SE: near the minimum ({alone})"
+        );
+        // An SE of 0.01 over the rows: the whole rise (0.004) is within it.
+        assert_eq!(kept_with_se(&losses, "noise", Some(0.01)), (40, 40.0));
+        // An SE of 0.0011: only the epochs up to 0.0011 above the best.
+        assert_eq!(kept_with_se(&losses, "noise", Some(0.0011)), (25, 25.0));
+        // The power model's rule (the best) ignores it.
+        assert_eq!(kept_with_se(&losses, "best", Some(0.01)).0, 20);
     }
 }
