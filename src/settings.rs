@@ -890,7 +890,8 @@ pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
 pub const EMSHAP_WEIGHT_AVERAGE: f64 = 0.999;
 pub const EMSHAP_VAL_PROPOSALS: usize = 50;
 /// The checkpoint `train emshap` keeps: `noise` (the latest within the validation noise of
-/// the best) or `last` (BENCHMARKS.md, "Weight averaging and checkpoint selection").
+/// the best) or `last` (BENCHMARKS.md, "Checkpoint selection judged by the validation NLL's
+/// standard error").
 pub const EMSHAP_KEEP: &str = "noise";
 
 fn decay(name: &str, v: f64) -> Result<f64> {
