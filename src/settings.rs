@@ -851,7 +851,7 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             "[train.emshap] weight_average",
             e.weight_average.unwrap_or(EMSHAP_WEIGHT_AVERAGE),
         )?,
-        checkpoint: match e.checkpoint.as_deref().unwrap_or(EMSHAP_KEEP) {
+        checkpoint: match e.checkpoint.as_deref().unwrap_or(EMSHAP_CHECKPOINT_RULE) {
             "noise" => crate::train::Checkpoint::Noise,
             "last" => crate::train::Checkpoint::Last,
             other => {
@@ -892,7 +892,7 @@ pub const EMSHAP_VAL_PROPOSALS: usize = 50;
 /// The checkpoint `train emshap` keeps: `noise` (the latest within the validation noise of
 /// the best) or `last` (BENCHMARKS.md, "Checkpoint selection judged by the validation NLL's
 /// standard error").
-pub const EMSHAP_KEEP: &str = "noise";
+pub const EMSHAP_CHECKPOINT_RULE: &str = "noise";
 
 fn decay(name: &str, v: f64) -> Result<f64> {
     if v.is_finite() && (0.0..1.0).contains(&v) {

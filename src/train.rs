@@ -131,7 +131,8 @@ pub struct EmshapSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Checkpoint {
-    /// The latest epoch whose validation loss is within twice its own noise of the best.
+    /// The latest epoch whose validation loss is within its own noise of the best: the
+    /// larger of twice the epoch-to-epoch noise and the standard error over the rows.
     Noise,
     /// The last epoch trained (the moving average's weights when it is on).
     Last,

@@ -83,10 +83,10 @@ struct LossSums {
     nll: Tensor,
     /// −Σ log q_i(x_i) over the unobserved entries.
     proposal_nll: Tensor,
-    /// Σ (log p̂_i(x_i))² and Σ (log q_i(x_i))² over the unobserved entries (validation's
-    /// standard errors).
-    nll_sq: Tensor,
-    proposal_nll_sq: Tensor,
+    /// log p̂_i(x_i) and log q_i(x_i) per unobserved entry (validation sums their squares
+    /// for its standard errors; training does not touch them).
+    log_p: Tensor,
+    log_q: Tensor,
     /// Σ (mean estimate − x)² over the unobserved entries (standardised).
     sq_err: Tensor,
     entries: i64,
@@ -341,8 +341,8 @@ impl Net {
             loss,
             nll: s.log_p.sum(Kind::Float).neg(),
             proposal_nll: s.log_q_x.sum(Kind::Float).neg(),
-            nll_sq: s.log_p.square().sum(Kind::Float),
-            proposal_nll_sq: s.log_q_x.square().sum(Kind::Float),
+            log_p: s.log_p.shallow_clone(),
+            log_q: s.log_q_x.shallow_clone(),
             sq_err: (&s.mean - xs.reshape([-1]).index_select(0, &flat))
                 .square()
                 .sum(Kind::Float),
@@ -533,8 +533,8 @@ impl Emshap<'_> {
                 );
                 nll += sums.nll.double_value(&[]);
                 pnll += sums.proposal_nll.double_value(&[]);
-                nll_sq += sums.nll_sq.double_value(&[]);
-                pnll_sq += sums.proposal_nll_sq.double_value(&[]);
+                nll_sq += sums.log_p.square().sum(Kind::Float).double_value(&[]);
+                pnll_sq += sums.log_q.square().sum(Kind::Float).double_value(&[]);
                 se += sums.sq_err.double_value(&[]);
                 entries += sums.entries;
             }
@@ -580,12 +580,8 @@ impl Trainee for Emshap<'_> {
         epoch >= self.s.warmup_epochs
     }
 
-    fn selects_within_noise(&self) -> bool {
-        true
-    }
-
-    fn keeps_last(&self) -> bool {
-        self.s.checkpoint == Checkpoint::Last
+    fn checkpoint_rule(&self) -> Option<Checkpoint> {
+        Some(self.s.checkpoint)
     }
 
     fn use_average(&mut self, on: bool) {

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, OptimizerConfig};
 use tch::Tensor;
 
-use super::{EpochRecord, TrainSettings};
+use super::{Checkpoint, EpochRecord, TrainSettings};
 use emshap_ci::error::{Error, Result};
 use emshap_ci::progress::Progress;
 
@@ -61,18 +61,14 @@ pub trait Trainee {
     fn counts_for_patience(&self, _epoch: usize) -> bool {
         true
     }
-    /// Whether the checkpoint kept is the latest one within the validation loss's own noise
-    /// of the best (see `noise_tolerance`), instead of the best alone. EMSHAP: yes, because
-    /// its validation NLL is flat within noise for most of training while the conditionals
-    /// still improve (BENCHMARKS.md, "Weight averaging and checkpoint selection").
-    fn selects_within_noise(&self) -> bool {
-        false
-    }
-    /// Whether the checkpoint kept is the last epoch trained, whatever its validation loss
-    /// (EMSHAP's `checkpoint = "last"`: with the weight average on and a learning rate that
-    /// decays to the end, the last epoch's average is the one the schedule aims at).
-    fn keeps_last(&self) -> bool {
-        false
+    /// Which checkpoint is kept. None (the power model): the best. `Noise` (EMSHAP's
+    /// default): the latest within the validation loss's own noise of the best (see
+    /// `tolerance`), because its validation NLL is flat within noise for most of training
+    /// while the conditionals still improve. `Last`: the last epoch trained, whatever its
+    /// validation loss (BENCHMARKS.md, "Checkpoint selection judged by the validation NLL's
+    /// standard error").
+    fn checkpoint_rule(&self) -> Option<Checkpoint> {
+        None
     }
     /// Puts the averaged weights in place (`true`) or the raw ones back (`false`), for a
     /// model that keeps a moving average of its weights: validation, checkpoints and the
@@ -192,17 +188,14 @@ pub fn fit(
         });
         val_losses.push(val_loss);
         let improved = val_loss < best.0;
+        // "Last" needs no snapshot: the final weights are the ones it keeps.
+        let rule = model.checkpoint_rule();
         if improved {
             (best.0, best.1) = (val_loss, epoch + 1);
-            if !model.keeps_last() {
+            if rule != Some(Checkpoint::Last) {
                 best.2 = snapshot(vs);
             }
-        }
-        if model.keeps_last() {
-            // Every epoch may be the last (early stopping), so each one is kept in turn.
-            latest = Some((val_loss, epoch + 1, snapshot(vs)));
-        } else if !improved
-            && model.selects_within_noise()
+        } else if rule == Some(Checkpoint::Noise)
             && val_loss <= best.0 + tolerance(&val_losses, model.val_loss_se())
         {
             latest = Some((val_loss, epoch + 1, snapshot(vs)));
@@ -225,17 +218,27 @@ pub fn fit(
             }
         }
     }
+    if model.checkpoint_rule() == Some(Checkpoint::Last) {
+        // The weights the last validation judged: the average's, when the model keeps one.
+        model.use_average(true);
+        let (epoch, val_loss) = (val_losses.len(), val_losses.last().copied());
+        let val_loss = val_loss.unwrap_or(f64::INFINITY);
+        tracing::info!(
+            epoch,
+            val_loss,
+            best_val_loss = best.0,
+            "kept the last checkpoint"
+        );
+        return Ok(Fitted {
+            epochs,
+            best_epoch: epoch,
+            best_val_loss: val_loss,
+            stopped_early,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     let tolerance = tolerance(&val_losses, model.val_loss_se());
     let chosen = match latest {
-        Some(l) if model.keeps_last() => {
-            tracing::info!(
-                epoch = l.1,
-                val_loss = l.0,
-                best_val_loss = best.0,
-                "kept the last checkpoint"
-            );
-            l
-        }
         Some(l) if l.1 > best.1 && l.0 <= best.0 + tolerance => {
             tracing::info!(
                 epoch = l.1,
@@ -286,8 +289,7 @@ mod tests {
     struct Scripted {
         w: Tensor,
         losses: Vec<f64>,
-        within_noise: bool,
-        last: bool,
+        rule: Option<Checkpoint>,
         se: Option<f64>,
     }
 
@@ -310,11 +312,8 @@ mod tests {
         fn validate(&self, epoch: usize) -> Result<(f64, Option<f64>)> {
             Ok((self.losses[epoch], None))
         }
-        fn selects_within_noise(&self) -> bool {
-            self.within_noise
-        }
-        fn keeps_last(&self) -> bool {
-            self.last
+        fn checkpoint_rule(&self) -> Option<Checkpoint> {
+            self.rule
         }
         fn val_loss_se(&self) -> Option<f64> {
             self.se
@@ -332,8 +331,11 @@ mod tests {
         let mut m = Scripted {
             w: w.shallow_clone(),
             losses: losses.to_vec(),
-            within_noise: rule == "noise",
-            last: rule == "last",
+            rule: match rule {
+                "noise" => Some(Checkpoint::Noise),
+                "last" => Some(Checkpoint::Last),
+                _ => None,
+            },
             se,
         };
         let s = TrainSettings {
