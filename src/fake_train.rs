@@ -432,6 +432,7 @@ fn train_emshap(s: &EmshapSettings) -> Result<TrainReport> {
             w: Matrix::new(d * width, h, w2),
             b: b2,
         },
+        skip: None,
         energy: None,
         proposals: s.proposals,
         energy_decision: "off: the fake trainer of the tests writes the proposal alone".into(),

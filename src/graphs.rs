@@ -234,6 +234,8 @@ pub struct EmshapWeights {
     pub head1: Dense,
     /// [d·(3M + C), head1's width].
     pub head2: Dense,
+    /// [d·(3M + C), 2d]: a linear path from [x_S, mask] added to head2's output (None: off).
+    pub skip: Option<Dense>,
     /// None: the proposal alone is the density (energy correction off).
     pub energy: Option<EnergyWeights>,
     /// K the model was trained with (metadata).
@@ -309,7 +311,11 @@ pub fn emshap_graph(net: &EmshapWeights, stamp: &Stamp) -> Vec<u8> {
     let hid = g.op("Relu", &[&hid], vec![]);
     let hid = linear(&mut g, &hid, &net.head1, "head1");
     let hid = g.op("Relu", &[&hid], vec![]);
-    let p = linear(&mut g, &hid, &net.head2, "head2");
+    let mut p = linear(&mut g, &hid, &net.head2, "head2");
+    if let Some(skip) = &net.skip {
+        let s = linear(&mut g, &phi, skip, "skip");
+        p = g.op("Add", &[&p, &s], vec![]);
+    }
     let shape = g.constant_i64("params_shape", &[3], &[-1, d, 3 * m + c]);
     let p = g.op("Reshape", &[&p, &shape], vec![]);
     let axis2 = g.constant_i64("axis2", &[1], &[2]);
@@ -570,7 +576,12 @@ pub mod reference {
         relu(&mut hid);
         let mut hid = net.head1.apply(&hid);
         relu(&mut hid);
-        let p = net.head2.apply(&hid);
+        let mut p = net.head2.apply(&hid);
+        if let Some(skip) = &net.skip {
+            for (v, s) in p.iter_mut().zip(skip.apply(&phi)) {
+                *v += s;
+            }
+        }
         let width = 3 * m + c;
         (0..d)
             .map(|j| {
@@ -769,6 +780,7 @@ pub mod seeded {
             gru_b_hh: s.matrix(1, 3 * h).data,
             head1: s.dense(hw, h),
             head2: s.dense(d * (3 * m + c), hw),
+            skip: None,
             energy: energy.map(|eh| EnergyWeights {
                 inp: s.dense(eh, 1 + d + c),
                 blocks: vec![(s.dense(eh, eh), s.dense(eh, eh))],
@@ -861,8 +873,11 @@ mod tests {
         let (d, n, k) = (4, 64, 6);
         let st = stamp(d);
         let mut s = Seeded::new(11);
-        for energy in [None, Some(12)] {
-            let net = seeded::emshap(&mut s, d, 3, 2, 10, 12, energy);
+        for (energy, skip) in [(None, false), (Some(12), false), (None, true)] {
+            let mut net = seeded::emshap(&mut s, d, 3, 2, 10, 12, energy);
+            if skip {
+                net.skip = Some(s.dense(d * (3 * 3 + 2), 2 * d));
+            }
             let model = emshap_graph(&net, &st);
             let x = raw_rows(&mut s, &st, n);
             let observed: Vec<f32> = s
@@ -904,7 +919,7 @@ mod tests {
                 let diff = max_rel(get(name), want);
                 assert!(
                     diff < 1e-4 * scale,
-                    "energy {energy:?}: {name} differs by {diff}"
+                    "energy {energy:?}, skip {skip}: {name} differs by {diff}"
                 );
             }
             // Not vacuous: the energy makes the weights non-uniform, and densities vary.

@@ -290,6 +290,7 @@ pub struct EmshapSection {
     pub context: Option<usize>,
     pub gru_hidden: Option<usize>,
     pub proposal_hidden: Option<usize>,
+    pub linear_skip: Option<bool>,
     pub energy_hidden: Option<usize>,
     pub energy_blocks: Option<usize>,
     pub mask_rate: Option<Vec<f64>>,
@@ -825,6 +826,7 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             e.proposal_hidden.unwrap_or(EMSHAP_PROPOSAL_HIDDEN),
             4096,
         )?,
+        linear_skip: e.linear_skip.unwrap_or(false),
         energy_hidden: positive(
             "[train.emshap] energy_hidden",
             e.energy_hidden.unwrap_or(128),
@@ -1179,6 +1181,15 @@ mod tests {
                 && err.to_string().contains("noise or last"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_linear_skip_is_off_unless_a_config_turns_it_on() {
+        let e = resolve_train_emshap(&TrainEmshapArgs::default(), &file("")).unwrap();
+        assert!(!e.linear_skip);
+        let cfg = file("[train.emshap]\nlinear_skip = true\n");
+        let e = resolve_train_emshap(&TrainEmshapArgs::default(), &cfg).unwrap();
+        assert!(e.linear_skip);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct EmshapSettings {
     pub gru_hidden: usize,
     /// Width of the proposal's head (GRU → ReLU → Linear(this) → ReLU → parameters).
     pub proposal_hidden: usize,
+    /// A linear path from the proposal's input [x_S, mask] straight to its parameters,
+    /// added to the head's output (`[train.emshap] linear_skip`; BENCHMARKS.md, "What
+    /// limits the conditional means").
+    pub linear_skip: bool,
     pub energy_hidden: usize,
     pub energy_blocks: usize,
     pub mask_min: f64,

@@ -51,6 +51,8 @@ pub struct Net {
     b_hh: Tensor,
     head1: nn::Linear,
     head2: nn::Linear,
+    /// [x_S, mask] → the head's output, added to it (`linear_skip`).
+    skip: Option<nn::Linear>,
     inp: nn::Linear,
     blocks: Vec<(nn::Linear, nn::Linear)>,
     out: nn::Linear,
@@ -114,6 +116,15 @@ impl Net {
             b_hh: gru.var("bias_hh", &[3 * h], init),
             head1: nn::linear(p / "head1", h, ph, Default::default()),
             head2: nn::linear(p / "head2", ph, d * (3 * m + c), Default::default()),
+            // Starts at zero: the net begins as it would without it.
+            skip: s.linear_skip.then(|| {
+                let zero = nn::LinearConfig {
+                    ws_init: nn::Init::Const(0.0),
+                    bs_init: Some(nn::Init::Const(0.0)),
+                    bias: true,
+                };
+                nn::linear(p / "skip", 2 * d, d * (3 * m + c), zero)
+            }),
             inp: nn::linear(p / "energy_in", 1 + d + c, eh, Default::default()),
             blocks: (0..s.energy_blocks)
                 .map(|i| {
@@ -136,10 +147,12 @@ impl Net {
         let n = (&g[2] + r * &hh[2]).tanh();
         let h = (z.neg() + 1.0) * n;
         let (m, c) = (self.m, self.c);
-        let p = self
-            .head2
-            .forward(&self.head1.forward(&h.relu()).relu())
-            .view([-1, self.d, 3 * m + c]);
+        let p = self.head2.forward(&self.head1.forward(&h.relu()).relu());
+        let p = match &self.skip {
+            Some(skip) => p + skip.forward(&phi),
+            None => p,
+        }
+        .view([-1, self.d, 3 * m + c]);
         Proposal {
             logits: p.narrow(2, 0, m),
             means: p.narrow(2, m, m),
@@ -881,6 +894,7 @@ fn weights(net: &Net, s: &EmshapSettings, energy: &EnergyDecision) -> EmshapWeig
         gru_b_hh: vec(&net.b_hh),
         head1: dense_of(&net.head1),
         head2: dense_of(&net.head2),
+        skip: net.skip.as_ref().map(dense_of),
         energy: energy.on.then(|| EnergyWeights {
             inp: dense_of(&net.inp),
             blocks: net
@@ -1155,9 +1169,17 @@ mod tests {
         let mut s = resolve_train_emshap(&Default::default(), &ConfigFile::default()).unwrap();
         s.proposals = 4;
         s.common.threads = 2;
-        for on in [false, true] {
+        for (on, skip) in [(false, false), (true, false), (false, true)] {
+            s.linear_skip = skip;
             let vs = nn::VarStore::new(Device::Cpu);
             let net = Net::new(&vs.root(), snap.train.d as i64, &s);
+            if let Some(l) = &net.skip {
+                // It starts at zero: give it weights, so the export is checked on them.
+                tch::no_grad(|| {
+                    let mut ws = l.ws.shallow_clone();
+                    ws.copy_(&(l.ws.randn_like() * 0.1));
+                });
+            }
             let decision = EnergyDecision {
                 on,
                 reason: "test".into(),
