@@ -876,7 +876,7 @@ mod tests {
         for (energy, skip) in [(None, false), (Some(12), false), (None, true)] {
             let mut net = seeded::emshap(&mut s, d, 3, 2, 10, 12, energy);
             if skip {
-                net.skip = Some(s.dense(d * (3 * 3 + 2), 2 * d));
+                net.skip = Some(s.dense(net.head2.w.rows, 2 * d));
             }
             let model = emshap_graph(&net, &st);
             let x = raw_rows(&mut s, &st, n);
