@@ -433,6 +433,7 @@ fn train_emshap(s: &EmshapSettings) -> Result<TrainReport> {
             b: b2,
         },
         skip: None,
+        mask_linear: None,
         energy: None,
         proposals: s.proposals,
         energy_decision: "off: the fake trainer of the tests writes the proposal alone".into(),

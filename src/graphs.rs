@@ -236,6 +236,9 @@ pub struct EmshapWeights {
     pub head2: Dense,
     /// [d·(3M + C), 2d]: a linear path from [x_S, mask] added to head2's output (None: off).
     pub skip: Option<Dense>,
+    /// ([proposal_hidden, d], [d·d, proposal_hidden]): mask → ReLU → A(mask), row-major
+    /// [d, d]; each feature j's component means shift by Σ_k A_jk·x_S,k (None: off).
+    pub mask_linear: Option<(Dense, Dense)>,
     /// None: the proposal alone is the density (energy correction off).
     pub energy: Option<EnergyWeights>,
     /// K the model was trained with (metadata).
@@ -325,7 +328,17 @@ pub fn emshap_graph(net: &EmshapWeights, stamp: &Stamp) -> Vec<u8> {
         g.op("Slice", &[input, &s, &e, axes], vec![])
     };
     let logits = slice(&mut g, &p, 0, m, &axis2);
-    let means = slice(&mut g, &p, m, 2 * m, &axis2);
+    let mut means = slice(&mut g, &p, m, 2 * m, &axis2);
+    if let Some((a, b)) = &net.mask_linear {
+        let hm = linear(&mut g, &obs_f, a, "mask_linear_a");
+        let hm = g.op("Relu", &[&hm], vec![]);
+        let coef = linear(&mut g, &hm, b, "mask_linear_b");
+        let coef_shape = g.constant_i64("mask_linear_shape", &[3], &[-1, d, d]);
+        let coef = g.op("Reshape", &[&coef, &coef_shape], vec![]);
+        let xcol = g.op("Unsqueeze", &[&xb, &axis2], vec![]);
+        let shift = g.op("MatMul", &[&coef, &xcol], vec![]);
+        means = g.op("Add", &[&means, &shift], vec![]);
+    }
     let sraw = slice(&mut g, &p, 2 * m, 3 * m, &axis2);
     let ctx = slice(&mut g, &p, 3 * m, 3 * m + c, &axis2);
     let floor = g.scalar("scale_floor", SCALE_FLOOR as f32);
@@ -583,6 +596,17 @@ pub mod reference {
             }
         }
         let width = 3 * m + c;
+        if let Some((a, b)) = &net.mask_linear {
+            let mut hm = a.apply(&phi[d..]);
+            relu(&mut hm);
+            let coef = b.apply(&hm);
+            for j in 0..d {
+                let shift: f32 = (0..d).map(|k| coef[j * d + k] * phi[k]).sum();
+                for v in &mut p[j * width + m..j * width + 2 * m] {
+                    *v += shift;
+                }
+            }
+        }
         (0..d)
             .map(|j| {
                 let q = &p[j * width..(j + 1) * width];
@@ -781,6 +805,7 @@ pub mod seeded {
             head1: s.dense(hw, h),
             head2: s.dense(d * (3 * m + c), hw),
             skip: None,
+            mask_linear: None,
             energy: energy.map(|eh| EnergyWeights {
                 inp: s.dense(eh, 1 + d + c),
                 blocks: vec![(s.dense(eh, eh), s.dense(eh, eh))],
@@ -873,10 +898,19 @@ mod tests {
         let (d, n, k) = (4, 64, 6);
         let st = stamp(d);
         let mut s = Seeded::new(11);
-        for (energy, skip) in [(None, false), (Some(12), false), (None, true)] {
+        let cases = [
+            (None, false, false),
+            (Some(12), false, false),
+            (None, true, false),
+            (Some(12), false, true),
+        ];
+        for (energy, skip, mask_linear) in cases {
             let mut net = seeded::emshap(&mut s, d, 3, 2, 10, 12, energy);
             if skip {
                 net.skip = Some(s.dense(net.head2.w.rows, 2 * d));
+            }
+            if mask_linear {
+                net.mask_linear = Some((s.dense(9, d), s.dense(d * d, 9)));
             }
             let model = emshap_graph(&net, &st);
             let x = raw_rows(&mut s, &st, n);
@@ -919,7 +953,7 @@ mod tests {
                 let diff = max_rel(get(name), want);
                 assert!(
                     diff < 1e-4 * scale,
-                    "energy {energy:?}, skip {skip}: {name} differs by {diff}"
+                    "energy {energy:?}, skip {skip}, mask_linear {mask_linear}: {name} differs by {diff}"
                 );
             }
             // Not vacuous: the energy makes the weights non-uniform, and densities vary.

@@ -291,6 +291,7 @@ pub struct EmshapSection {
     pub gru_hidden: Option<usize>,
     pub proposal_hidden: Option<usize>,
     pub linear_skip: Option<bool>,
+    pub mask_linear: Option<bool>,
     pub energy_hidden: Option<usize>,
     pub energy_blocks: Option<usize>,
     pub mask_rate: Option<Vec<f64>>,
@@ -827,6 +828,7 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
             4096,
         )?,
         linear_skip: e.linear_skip.unwrap_or(false),
+        mask_linear: e.mask_linear.unwrap_or(EMSHAP_MASK_LINEAR),
         energy_hidden: positive(
             "[train.emshap] energy_hidden",
             e.energy_hidden.unwrap_or(128),
@@ -886,6 +888,9 @@ pub const EMSHAP_GRU_HIDDEN: usize = 256;
 /// The training masks' default (BENCHMARKS.md, "EMSHAP quality").
 pub const EMSHAP_MASKING: &str = "uniform";
 pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
+/// Whether the proposal's component means get the mask-conditioned linear shift A(mask)·x_S
+/// (BENCHMARKS.md, "A mask-conditioned linear path": better on every case measured).
+pub const EMSHAP_MASK_LINEAR: bool = true;
 /// The decay of the exponential moving average of EMSHAP's weights that validation, the
 /// checkpoint and the export use (0: the raw weights; BENCHMARKS.md, "Weight averaging and
 /// checkpoint selection").
@@ -1190,6 +1195,17 @@ mod tests {
         let cfg = file("[train.emshap]\nlinear_skip = true\n");
         let e = resolve_train_emshap(&TrainEmshapArgs::default(), &cfg).unwrap();
         assert!(e.linear_skip);
+    }
+
+    #[test]
+    fn the_mask_linear_path_is_on_unless_a_config_turns_it_off() {
+        let e = resolve_train_emshap(&TrainEmshapArgs::default(), &file("")).unwrap();
+        assert!(e.mask_linear);
+        let cfg = file("[train.emshap]\nmask_linear = false\n");
+        let e = resolve_train_emshap(&TrainEmshapArgs::default(), &cfg).unwrap();
+        assert!(!e.mask_linear);
+        let bad = file("[train.emshap]\nmask_linear = 1\n");
+        assert!(resolve_train_emshap(&TrainEmshapArgs::default(), &bad).is_err());
     }
 
     #[test]

@@ -89,7 +89,14 @@ pub struct EmshapSettings {
     /// A linear path from the proposal's input [x_S, mask] straight to its parameters,
     /// added to the head's output (`[train.emshap] linear_skip`; BENCHMARKS.md, "What
     /// limits the conditional means").
+    #[serde(default)]
     pub linear_skip: bool,
+    /// Each feature's component means shifted by A(mask)·x_S, A [d×d] from a mask-only
+    /// network (mask → ReLU(proposal_hidden) → d·d): the form of a Gaussian conditional mean,
+    /// exact beyond the data's bulk (`[train.emshap] mask_linear`; BENCHMARKS.md, "A
+    /// mask-conditioned linear path").
+    #[serde(default)]
+    pub mask_linear: bool,
     pub energy_hidden: usize,
     pub energy_blocks: usize,
     pub mask_min: f64,

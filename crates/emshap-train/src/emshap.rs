@@ -53,6 +53,9 @@ pub struct Net {
     head2: nn::Linear,
     /// [x_S, mask] → the head's output, added to it (`linear_skip`).
     skip: Option<nn::Linear>,
+    /// mask → ReLU → A(mask) [d·d]: each feature's component means shift by A(mask)·x_S
+    /// (`mask_linear`).
+    mask_linear: Option<(nn::Linear, nn::Linear)>,
     inp: nn::Linear,
     blocks: Vec<(nn::Linear, nn::Linear)>,
     out: nn::Linear,
@@ -125,6 +128,18 @@ impl Net {
                 };
                 nn::linear(p / "skip", 2 * d, d * (3 * m + c), zero)
             }),
+            // Its last layer starts at zero: the shift is 0 until training moves it.
+            mask_linear: s.mask_linear.then(|| {
+                let zero = nn::LinearConfig {
+                    ws_init: nn::Init::Const(0.0),
+                    bs_init: Some(nn::Init::Const(0.0)),
+                    bias: true,
+                };
+                (
+                    nn::linear(p / "mask_linear_a", d, ph, Default::default()),
+                    nn::linear(p / "mask_linear_b", ph, d * d, zero),
+                )
+            }),
             inp: nn::linear(p / "energy_in", 1 + d + c, eh, Default::default()),
             blocks: (0..s.energy_blocks)
                 .map(|i| {
@@ -139,7 +154,8 @@ impl Net {
     }
 
     fn proposal(&self, xs: &Tensor, b: &Tensor) -> Proposal {
-        let phi = Tensor::cat(&[xs * b, b.shallow_clone()], 1);
+        let xb = xs * b;
+        let phi = Tensor::cat(&[&xb, b], 1);
         let g = phi.linear(&self.w_ih, Some(&self.b_ih)).chunk(3, 1);
         let hh = self.b_hh.chunk(3, 0);
         let r = (&g[0] + &hh[0]).sigmoid();
@@ -153,9 +169,17 @@ impl Net {
             None => p,
         }
         .view([-1, self.d, 3 * m + c]);
+        let means = p.narrow(2, m, m);
+        let means = match &self.mask_linear {
+            Some((a, l)) => {
+                let coef = l.forward(&a.forward(b).relu()).view([-1, self.d, self.d]);
+                means + coef.bmm(&xb.unsqueeze(2))
+            }
+            None => means,
+        };
         Proposal {
             logits: p.narrow(2, 0, m),
-            means: p.narrow(2, m, m),
+            means,
             scales: p.narrow(2, 2 * m, m).softplus() + SCALE_FLOOR,
             ctx: p.narrow(2, 3 * m, c),
         }
@@ -895,6 +919,10 @@ fn weights(net: &Net, s: &EmshapSettings, energy: &EnergyDecision) -> EmshapWeig
         head1: dense_of(&net.head1),
         head2: dense_of(&net.head2),
         skip: net.skip.as_ref().map(dense_of),
+        mask_linear: net
+            .mask_linear
+            .as_ref()
+            .map(|(a, l)| (dense_of(a), dense_of(l))),
         energy: energy.on.then(|| EnergyWeights {
             inp: dense_of(&net.inp),
             blocks: net
@@ -1169,15 +1197,27 @@ mod tests {
         let mut s = resolve_train_emshap(&Default::default(), &ConfigFile::default()).unwrap();
         s.proposals = 4;
         s.common.threads = 2;
-        for (on, skip) in [(false, false), (true, false), (false, true)] {
+        for (on, skip, mask_linear) in [
+            (false, false, false),
+            (true, false, false),
+            (false, true, false),
+            (true, false, true),
+        ] {
             s.linear_skip = skip;
+            s.mask_linear = mask_linear;
             let vs = nn::VarStore::new(Device::Cpu);
             let net = Net::new(&vs.root(), snap.train.d as i64, &s);
-            if let Some(l) = &net.skip {
-                // It starts at zero: give it weights, so the export is checked on them.
+            // They start at zero: give them weights, so the export is checked on them.
+            let zero_started = net
+                .skip
+                .iter()
+                .chain(net.mask_linear.iter().map(|(_, l)| l));
+            for l in zero_started {
                 tch::no_grad(|| {
                     let mut ws = l.ws.shallow_clone();
                     ws.copy_(&(l.ws.randn_like() * 0.1));
+                    let mut bs = l.bs.as_ref().unwrap().shallow_clone();
+                    bs.copy_(&(bs.randn_like() * 0.1));
                 });
             }
             let decision = EnergyDecision {
