@@ -110,6 +110,11 @@ impl Net {
         let k = 1.0 / (h as f64).sqrt();
         let init = nn::Init::Uniform { lo: -k, up: k };
         let gru = p / "gru";
+        let zero = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
         Net {
             d,
             m,
@@ -120,21 +125,11 @@ impl Net {
             head1: nn::linear(p / "head1", h, ph, Default::default()),
             head2: nn::linear(p / "head2", ph, d * (3 * m + c), Default::default()),
             // Starts at zero: the net begins as it would without it.
-            skip: s.linear_skip.then(|| {
-                let zero = nn::LinearConfig {
-                    ws_init: nn::Init::Const(0.0),
-                    bs_init: Some(nn::Init::Const(0.0)),
-                    bias: true,
-                };
-                nn::linear(p / "skip", 2 * d, d * (3 * m + c), zero)
-            }),
+            skip: s
+                .linear_skip
+                .then(|| nn::linear(p / "skip", 2 * d, d * (3 * m + c), zero)),
             // Its last layer starts at zero: the shift is 0 until training moves it.
             mask_linear: s.mask_linear.then(|| {
-                let zero = nn::LinearConfig {
-                    ws_init: nn::Init::Const(0.0),
-                    bs_init: Some(nn::Init::Const(0.0)),
-                    bias: true,
-                };
                 (
                     nn::linear(p / "mask_linear_a", d, ph, Default::default()),
                     nn::linear(p / "mask_linear_b", ph, d * d, zero),
