@@ -292,6 +292,7 @@ pub struct EmshapSection {
     pub proposal_hidden: Option<usize>,
     pub linear_skip: Option<bool>,
     pub mask_linear: Option<bool>,
+    pub mask_linear_hidden: Option<usize>,
     pub energy_hidden: Option<usize>,
     pub energy_blocks: Option<usize>,
     pub mask_rate: Option<Vec<f64>>,
@@ -829,6 +830,11 @@ pub fn resolve_train_emshap(args: &TrainEmshapArgs, file: &ConfigFile) -> Result
         )?,
         linear_skip: e.linear_skip.unwrap_or(false),
         mask_linear: e.mask_linear.unwrap_or(EMSHAP_MASK_LINEAR),
+        mask_linear_hidden: positive(
+            "[train.emshap] mask_linear_hidden",
+            e.mask_linear_hidden.unwrap_or(EMSHAP_MASK_LINEAR_HIDDEN),
+            4096,
+        )?,
         energy_hidden: positive(
             "[train.emshap] energy_hidden",
             e.energy_hidden.unwrap_or(128),
@@ -891,6 +897,8 @@ pub const EMSHAP_PROPOSAL_HIDDEN: usize = 256;
 /// Whether the proposal's component means get the mask-conditioned linear shift A(mask)·x_S
 /// (BENCHMARKS.md, "A mask-conditioned linear path": better on every case measured).
 pub const EMSHAP_MASK_LINEAR: bool = true;
+/// The width of the mask network behind `mask_linear` (mask → ReLU(this) → d·d).
+pub const EMSHAP_MASK_LINEAR_HIDDEN: usize = 256;
 /// The decay of the exponential moving average of EMSHAP's weights that validation, the
 /// checkpoint and the export use (0: the raw weights; BENCHMARKS.md, "Weight averaging and
 /// checkpoint selection").

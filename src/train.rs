@@ -97,6 +97,9 @@ pub struct EmshapSettings {
     /// mask-conditioned linear path").
     #[serde(default)]
     pub mask_linear: bool,
+    /// The mask network's width (`[train.emshap] mask_linear_hidden`).
+    #[serde(default = "mask_linear_hidden")]
+    pub mask_linear_hidden: usize,
     pub energy_hidden: usize,
     pub energy_blocks: usize,
     pub mask_min: f64,
@@ -324,4 +327,8 @@ pub fn train_power(s: &PowerSettings, progress: &Progress) -> Result<TrainReport
 /// Trains EMSHAP in `emshap-ci-train` and returns its report.
 pub fn train_emshap(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     crate::trainer::train(&crate::trainer::Job::Emshap(s.clone()), progress)
+}
+
+fn mask_linear_hidden() -> usize {
+    crate::settings::EMSHAP_MASK_LINEAR_HIDDEN
 }

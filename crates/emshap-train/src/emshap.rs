@@ -109,6 +109,7 @@ impl Net {
         // PyTorch's GRU initialisation: U(−1/√H, 1/√H).
         let k = 1.0 / (h as f64).sqrt();
         let init = nn::Init::Uniform { lo: -k, up: k };
+        let mh = s.mask_linear_hidden as i64;
         let gru = p / "gru";
         let zero = nn::LinearConfig {
             ws_init: nn::Init::Const(0.0),
@@ -131,8 +132,8 @@ impl Net {
             // Its last layer starts at zero: the shift is 0 until training moves it.
             mask_linear: s.mask_linear.then(|| {
                 (
-                    nn::linear(p / "mask_linear_a", d, ph, Default::default()),
-                    nn::linear(p / "mask_linear_b", ph, d * d, zero),
+                    nn::linear(p / "mask_linear_a", d, mh, Default::default()),
+                    nn::linear(p / "mask_linear_b", mh, d * d, zero),
                 )
             }),
             inp: nn::linear(p / "energy_in", 1 + d + c, eh, Default::default()),
