@@ -1214,6 +1214,11 @@ mod tests {
         assert!(!e.mask_linear);
         let bad = toml::from_str::<ConfigFile>("[train.emshap]\nmask_linear = 1\n").unwrap_err();
         assert!(bad.to_string().contains("expected a boolean"), "{bad}");
+        assert_eq!(e.mask_linear_hidden, EMSHAP_MASK_LINEAR_HIDDEN);
+        let zero = file("[train.emshap]\nmask_linear_hidden = 0\n");
+        let err = resolve_train_emshap(&TrainEmshapArgs::default(), &zero).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("mask_linear_hidden"), "{err}");
     }
 
     #[test]
