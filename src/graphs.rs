@@ -236,7 +236,7 @@ pub struct EmshapWeights {
     pub head2: Dense,
     /// [d·(3M + C), 2d]: a linear path from [x_S, mask] added to head2's output (None: off).
     pub skip: Option<Dense>,
-    /// ([proposal_hidden, d], [d·d, proposal_hidden]): mask → ReLU → A(mask), row-major
+    /// ([mask_linear_hidden, d], [d·d, mask_linear_hidden]): mask → ReLU → A(mask), row-major
     /// [d, d]; each feature j's component means shift by Σ_k A_jk·x_S,k (None: off).
     pub mask_linear: Option<(Dense, Dense)>,
     /// None: the proposal alone is the density (energy correction off).

@@ -89,16 +89,13 @@ pub struct EmshapSettings {
     /// A linear path from the proposal's input [x_S, mask] straight to its parameters,
     /// added to the head's output (`[train.emshap] linear_skip`; BENCHMARKS.md, "What
     /// limits the conditional means").
-    #[serde(default)]
     pub linear_skip: bool,
     /// Each feature's component means shifted by A(mask)·x_S, A [d×d] from a mask-only
-    /// network (mask → ReLU(proposal_hidden) → d·d): the form of a Gaussian conditional mean,
-    /// exact beyond the data's bulk (`[train.emshap] mask_linear`; BENCHMARKS.md, "A
+    /// network (mask → ReLU(mask_linear_hidden) → d·d): the form of a Gaussian conditional
+    /// mean, exact beyond the data's bulk (`[train.emshap] mask_linear`; BENCHMARKS.md, "A
     /// mask-conditioned linear path").
-    #[serde(default)]
     pub mask_linear: bool,
     /// The mask network's width (`[train.emshap] mask_linear_hidden`).
-    #[serde(default = "mask_linear_hidden")]
     pub mask_linear_hidden: usize,
     pub energy_hidden: usize,
     pub energy_blocks: usize,
@@ -327,8 +324,4 @@ pub fn train_power(s: &PowerSettings, progress: &Progress) -> Result<TrainReport
 /// Trains EMSHAP in `emshap-ci-train` and returns its report.
 pub fn train_emshap(s: &EmshapSettings, progress: &Progress) -> Result<TrainReport> {
     crate::trainer::train(&crate::trainer::Job::Emshap(s.clone()), progress)
-}
-
-fn mask_linear_hidden() -> usize {
-    crate::settings::EMSHAP_MASK_LINEAR_HIDDEN
 }
